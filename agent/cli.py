@@ -1,0 +1,324 @@
+"""Command line. The only place that turns errors into exit codes.
+
+Exit codes:
+  0  the project runs the desired digests and is healthy (a no-op pass included)
+  1  the release failed: not applied (pull failed, registry refused credentials) or applied
+     and rolled back, or a failed revision that is not retried; the last known-good digests run
+  2  invalid input: agent config, desired-state.yml or compose files (nothing touched)
+  3  transient: the source or the Docker engine could not be reached (nothing touched)
+  4  the agent cannot keep a record here (state_dir unwritable or full, lock held)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import log as agent_log
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
+from agent.errors import (
+    AgentEnvironmentError,
+    AgentError,
+    DockerUnavailable,
+    InvalidInput,
+    ReleaseFailed,
+    SourceUnavailable,
+    TransientError,
+)
+
+EXIT_OK = 0
+EXIT_RELEASE_FAILED = 1
+EXIT_INVALID = 2
+EXIT_TRANSIENT = 3
+EXIT_ENVIRONMENT = 4
+
+_OUTCOME_EXIT = {
+    "applied": EXIT_OK,
+    "no-op": EXIT_OK,
+    "rolled-back": EXIT_RELEASE_FAILED,
+    "failed": EXIT_RELEASE_FAILED,
+    "skipped": EXIT_RELEASE_FAILED,
+    "degraded": EXIT_RELEASE_FAILED,
+    "invalid": EXIT_INVALID,
+}
+
+
+def exit_code_for_error(err: BaseException | None) -> int:
+    if err is None:
+        return EXIT_OK
+    if isinstance(err, InvalidInput):
+        return EXIT_INVALID
+    if isinstance(err, AgentEnvironmentError):
+        return EXIT_ENVIRONMENT
+    if isinstance(err, SourceUnavailable | DockerUnavailable):
+        return EXIT_TRANSIENT
+    if isinstance(err, ReleaseFailed | TransientError):  # registry outage aborts a release
+        return EXIT_RELEASE_FAILED
+    return EXIT_RELEASE_FAILED
+
+
+def exit_code_for(outcome: str, err: BaseException | None) -> int:
+    if outcome in _OUTCOME_EXIT:
+        return _OUTCOME_EXIT[outcome]
+    return exit_code_for_error(err)
+
+
+def _die(err: AgentError) -> int:
+    print(f"gitops-agent: {err}", file=sys.stderr)
+    return exit_code_for_error(err)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gitops-agent",
+        description="Pull-based GitOps agent for Docker Compose hosts.",
+        epilog="Exit codes: 0 ok, 1 release failed, 2 invalid input, 3 source/engine "
+        "unreachable, 4 cannot keep a record (state_dir, lock).",
+    )
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                   help=f"agent config (TOML); default {DEFAULT_CONFIG_PATH}")
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("sync", help="one reconcile pass")
+    s.add_argument("--force", action="store_true", help="retry a revision that failed before")
+
+    s = sub.add_parser("status", help="desired vs running, health, last outcome")
+    s.add_argument("--json", action="store_true")
+
+    sub.add_parser("diff", help="what a sync would change, changing nothing")
+
+    s = sub.add_parser("validate", help="validate a desired-state file (needs no agent config)")
+    s.add_argument("file", type=Path, nargs="?", default=Path("desired-state.yml"))
+    s.add_argument("--compose", type=Path, action="append", default=[],
+                   help="also check the services exist in this compose file (repeatable)")
+
+    s = sub.add_parser("history", help="recorded passes, newest first")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("-n", type=int, default=20, help="how many (default 20)")
+
+    sub.add_parser("run", help="the daemon: a pass every interval; SIGHUP for one now")
+
+    from agent.bump import add_bump_parser
+
+    add_bump_parser(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -> int:
+    args = build_parser().parse_args(argv)
+    if configure_logging:
+        json_logs = {"auto": None, "json": True, "console": False}[args.log_format]
+        agent_log.configure(json=json_logs, level=args.log_level)
+    try:
+        if args.command == "validate":
+            return cmd_validate(args)
+        if args.command == "bump":
+            from agent.bump import cmd_bump
+
+            return cmd_bump(args)
+        cfg = load_config(args.config)
+        if args.command == "sync":
+            return cmd_sync(cfg, force=args.force)
+        if args.command == "status":
+            return cmd_status(cfg, as_json=args.json)
+        if args.command == "diff":
+            return cmd_diff(cfg)
+        if args.command == "history":
+            return cmd_history(cfg, as_json=args.json, n=args.n)
+        if args.command == "run":
+            from agent.daemon import run_daemon
+
+            return run_daemon(cfg)
+    except AgentError as e:
+        return _die(e)
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(args.command)  # pragma: no cover
+
+
+def _reconciler(cfg: AgentConfig) -> Any:
+    from agent.reconcile import Reconciler
+    from agent.secrets import registry_auth
+
+    return Reconciler(cfg, registry_auth=registry_auth(cfg))
+
+
+def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:
+    from agent.state import StateLock, StateStore
+
+    StateStore(cfg.agent.state_dir).ensure_dir()
+    rec = _reconciler(cfg)
+    with StateLock(cfg.agent.state_dir):
+        result = rec.run_pass(force=force)
+    code = exit_code_for(result.outcome, result.error)
+    if code != EXIT_OK and result.reason:
+        first = result.reason.splitlines()
+        print(f"gitops-agent: {result.outcome}: {first[0]}", file=sys.stderr)
+        for line in first[1:]:
+            print(line, file=sys.stderr)
+    return code
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from agent.desired import check_against_compose, parse_desired_state
+    from agent.errors import DesiredStateError
+
+    path: Path = args.file
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DesiredStateError(str(path), [f"cannot read: {e.strerror}"]) from None
+    desired = parse_desired_state(data, str(path))
+    if args.compose:
+        services: set[str] = set()
+        for f in args.compose:
+            services |= _compose_services_of(f)
+        check_against_compose(desired, services, str(path))
+    print(f"{path}: valid ({len(desired.services)} services)")
+    return EXIT_OK
+
+
+def _compose_services_of(path: Path) -> set[str]:
+    """Service names of a compose file, read as YAML (no Docker needed, as in CI)."""
+    from agent.desired import load_yaml
+    from agent.errors import ComposeFileError, DesiredStateError
+
+    try:
+        doc = load_yaml(path.read_bytes(), str(path))
+    except (OSError, DesiredStateError) as e:
+        raise ComposeFileError(str(path), [str(e)]) from None
+    services = doc.get("services") if isinstance(doc, dict) else None
+    if not isinstance(services, dict):
+        raise ComposeFileError(str(path), ["At 'services': no services mapping"])
+    return {str(k) for k in services}
+
+
+def _status_data(cfg: AgentConfig) -> dict[str, Any]:
+    from agent.health import service_health
+    from agent.plan import running_digest
+    from agent.state import StateStore
+
+    rec = _reconciler(cfg)
+    state = StateStore(cfg.agent.state_dir).load()
+    fetched, desired, problem = rec.desired_now(fetch=False)
+    observed = rec.engine.observe(cfg.compose.name)
+    names = sorted(set(desired.services if desired else {}) | set(state.known_good))
+    services = []
+    for n in names:
+        spec = desired.services.get(n) if desired else None
+        cs = observed.get(n, [])
+        services.append({
+            "service": n,
+            "image": spec.image if spec else state.known_good[n].image,
+            "desired": spec.digest if spec else None,
+            "running": running_digest(cs),
+            "known_good": state.known_good[n].digest if n in state.known_good else None,
+            "health": service_health(cs),
+            "containers": [c.name for c in cs],
+            "pinned": bool(spec and spec.pinned),
+        })
+    dump = state.model_dump(mode="json")
+    return {
+        "project": cfg.compose.name,
+        "desired_revision": fetched.revision if fetched else None,
+        "desired_problem": problem,
+        "services": services,
+        "last_attempted": dump["last_attempted"],
+        "last_applied": dump["last_applied"],
+        "in_flight": dump["in_flight"],
+        "failed_revisions": list(state.failed_revisions),
+    }
+
+
+def _short(d: str | None) -> str:
+    return "-" if not d else d.removeprefix("sha256:")[:12]
+
+
+def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
+    data = _status_data(cfg)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    print(f"project {data['project']}   desired revision {_short(data['desired_revision'])}")
+    if data["desired_problem"]:
+        print(f"  desired state: {data['desired_problem']}")
+    rows = [("SERVICE", "DESIRED", "RUNNING", "HEALTH", "")]
+    for s in data["services"]:
+        note = "pinned" if s["pinned"] else ""
+        if s["desired"] and s["running"] != s["desired"]:
+            note = (note + " out-of-date").strip()
+        rows.append((s["service"], _short(s["desired"]), _short(s["running"]), s["health"], note))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for key in ("last_attempted", "last_applied"):
+        v = data[key]
+        label = key.replace("_", " ")
+        if v:
+            reason = f" — {v['reason'].splitlines()[0]}" if v.get("reason") else ""
+            print(f"{label}: {_short(v['revision'])} {v['outcome']} at {v['at']}{reason}")
+        else:
+            print(f"{label}: never")
+    return EXIT_OK
+
+
+def cmd_diff(cfg: AgentConfig) -> int:
+    from agent.plan import effective_target, make_plan
+    from agent.state import StateStore
+
+    rec = _reconciler(cfg)
+    StateStore(cfg.agent.state_dir).ensure_dir()
+    state = rec.store.load()
+    fetched = rec._fetch(state)
+    desired, _ = rec.load_desired(fetched)
+    observed = rec.engine.observe(cfg.compose.name)
+    failed = fetched.revision in state.failed_revisions
+    plan = make_plan(fetched.revision,
+                     effective_target(desired, state.known_good, failed),
+                     observed, state.known_good)
+    print(f"revision {fetched.revision[:12]}"
+          + (" (failed before: not retried without --force)" if failed else ""))
+    if plan.is_noop:
+        print("no changes")
+    for c in plan.changes:
+        print(f"~ {c.service}: {_short(c.old)} -> {_short(c.new)}  ({c.image})")
+    for s in plan.unverified:
+        print(f"? {s}: running the target digest, not yet verified healthy")
+    return EXIT_OK
+
+
+def cmd_history(cfg: AgentConfig, *, as_json: bool, n: int) -> int:
+    from agent.state import StateStore
+
+    state = StateStore(cfg.agent.state_dir).load()
+    records = state.history[: max(0, n)]
+    if as_json:
+        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return EXIT_OK
+    if not records:
+        print("no passes recorded")
+    for r in records:
+        when = r.started_at.strftime("%Y-%m-%d %H:%M:%S")
+        rep = f" (x{r.repeats})" if r.repeats > 1 else ""
+        outcome = {"rolled-back": "failed and rolled back"}.get(r.outcome, r.outcome)
+        print(f"{when}  {_short(r.revision)}  {outcome}{rep}  {r.duration_seconds:.1f}s")
+        for c in r.changes:
+            print(f"    {c.service}: {_short(c.old)} -> {_short(c.new)}")
+        if r.reason and r.outcome not in ("applied", "no-op"):
+            print(f"    reason: {r.reason.splitlines()[0]}")
+    return EXIT_OK
+
+
+def entry() -> None:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

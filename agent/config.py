@@ -1,0 +1,180 @@
+"""The agent's TOML configuration: parsed and validated up front, every error at once.
+
+Pure: imports nothing that touches Docker, git or the network.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/gitops-agent/agent.toml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SourceConfig(_Strict):
+    kind: Literal["git", "github"] = "git"
+    repo: str = Field(min_length=1)
+    branch: str = Field(default="main", min_length=1)
+    path: str = Field(default="desired-state.yml", min_length=1)
+    # git kind: an SSH deploy key for ssh:// or git@ URLs
+    ssh_key_file: Path | None = None
+    # github kind: REST API base and an optional token file
+    api_url: str = "https://api.github.com"
+    token_file: Path | None = None
+    timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if v.startswith("/") or ".." in Path(v).parts:
+            raise ValueError("must be a path relative to the repository root")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> SourceConfig:
+        if self.kind == "github":
+            parts = self.repo.split("/")
+            if len(parts) != 2 or not all(parts):
+                raise ValueError("with kind = \"github\", repo must be \"owner/name\"")
+        return self
+
+
+class ComposeConfig(_Strict):
+    project_dir: Path
+    files: list[str] = Field(default_factory=lambda: ["compose.yml"], min_length=1)
+    project_name: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    # The compose v2 command; default: docker-compose v2 binary on PATH or the CLI plugin.
+    command: list[str] | None = None
+
+    @property
+    def name(self) -> str:
+        if self.project_name:
+            return self.project_name
+        import re
+
+        base = re.sub(r"[^a-z0-9_-]", "", self.project_dir.name.lower())
+        return base or "default"
+
+
+class AgentSection(_Strict):
+    interval_seconds: Annotated[float, Field(gt=0)] = 60
+    jitter_seconds: Annotated[float, Field(ge=0)] = 10
+    health_timeout_seconds: Annotated[float, Field(gt=0)] = 120
+    # How long a container without a HEALTHCHECK must stay running (and not restart)
+    # to count as healthy.
+    settle_seconds: Annotated[float, Field(ge=0)] = 10
+    state_dir: Path = Path("/var/lib/gitops-agent")
+    pull_concurrency: Annotated[int, Field(ge=1, le=32)] = 4
+    history_limit: Annotated[int, Field(ge=1, le=10000)] = 200
+
+
+class RegistryCredentials(_Strict):
+    username: str = Field(min_length=1)
+    password_file: Path
+
+
+class TrustConfig(_Strict):
+    allowed_images: list[str] | None = None
+    require_signed_commits: bool = False
+    allowed_signers_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _signers(self) -> TrustConfig:
+        if self.require_signed_commits and self.allowed_signers_file is None:
+            raise ValueError("require_signed_commits needs allowed_signers_file")
+        return self
+
+
+class AgentConfig(_Strict):
+    source: SourceConfig
+    compose: ComposeConfig
+    agent: AgentSection = AgentSection()
+    registry: dict[str, RegistryCredentials] = Field(default_factory=dict)
+    trust: TrustConfig = TrustConfig()
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    """Turn pydantic's errors into borgmatic-style lines: ``At 'a.b': message``."""
+    out = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        msg = msg.removeprefix("Value error, ")
+        out.append(f"At '{_loc(loc)}': {msg}")
+    return out
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
+    try:
+        return AgentConfig.model_validate(_coerce_paths(data))
+    except ValidationError as e:
+        raise ConfigError(source, format_validation_error(e)) from None
+
+
+_PATH_KEYS = {
+    ("source", "ssh_key_file"),
+    ("source", "token_file"),
+    ("compose", "project_dir"),
+    ("agent", "state_dir"),
+    ("trust", "allowed_signers_file"),
+}
+
+
+def _coerce_paths(data: dict[str, Any]) -> dict[str, Any]:
+    """TOML has no path type: strings at path-typed keys become Paths (strict mode)."""
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for section, key in _PATH_KEYS:
+        sec = out.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str):
+            sec[key] = Path(os.path.expanduser(sec[key]))
+    reg = out.get("registry")
+    if isinstance(reg, dict):
+        out["registry"] = {
+            host: (
+                {**c, "password_file": Path(c["password_file"])}
+                if isinstance(c, dict) and isinstance(c.get("password_file"), str)
+                else c
+            )
+            for host, c in reg.items()
+        }
+    return out
+
+
+def load_config(path: Path) -> AgentConfig:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read: {e.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(str(path), [f"not valid TOML: {e}"]) from None
+    cfg = parse_config(data, str(path))
+    if not cfg.compose.project_dir.is_absolute():
+        # relative project_dir: relative to the config file, like compose does for -f
+        cfg = cfg.model_copy(
+            update={
+                "compose": cfg.compose.model_copy(
+                    update={"project_dir": (path.parent / cfg.compose.project_dir).resolve()}
+                )
+            }
+        )
+    return cfg

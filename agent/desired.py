@@ -1,0 +1,180 @@
+"""desired-state.yml: parsing and validation (the *spec*).
+
+Pure: no Docker, git or network. Every problem is reported at once, each with its path
+(``At 'services.web.digest': ...``). The parser raises only :class:`DesiredStateError`,
+whatever the bytes, and never returns a partially valid state.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.events import AliasEvent
+
+from agent.config import format_validation_error
+from agent.errors import DesiredStateError
+
+MAX_BYTES = 1024 * 1024  # a desired-state of hundreds of services is a few tens of KiB
+MAX_SERVICES = 1000
+
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# A service name as compose accepts it, restricted to ASCII so lookalike characters
+# (unicode tricks) cannot smuggle a second "web" in.
+SERVICE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# distribution/reference, without tag or digest: [host[:port]/]path-component(/component)*
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
+REPOSITORY_RE = re.compile(rf"^(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+UpdateOrder = Literal["start-first", "stop-first"]
+
+
+class ServiceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    image: str
+    digest: str
+    tag: str | None = None
+    pinned: bool = False
+    update: UpdateOrder | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if "@" in v:
+            raise ValueError("must be a repository without a digest; put the digest in 'digest'")
+        if len(v) > 255:
+            raise ValueError("repository name longer than 255 characters")
+        if not REPOSITORY_RE.match(v):
+            last = v.rsplit("/", 1)[-1]
+            if ":" in last:
+                raise ValueError(
+                    f"{v!r} carries a tag; images are pinned by digest: give the repository "
+                    "here, the digest in 'digest' (and the tag, if wanted, in 'tag')"
+                )
+            raise ValueError(f"{v!r} is not a valid image repository (lowercase, no tag)")
+        return v
+
+    @field_validator("digest")
+    @classmethod
+    def _digest(cls, v: str) -> str:
+        if not DIGEST_RE.match(v):
+            algo = v.split(":", 1)[0] if ":" in v else ""
+            if algo and algo != "sha256":
+                raise ValueError(f"digest algorithm {algo!r} is not supported; use sha256")
+            raise ValueError("must be 'sha256:' followed by 64 lowercase hex characters")
+        return v
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v: str | None) -> str | None:
+        if v is not None and not TAG_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid tag")
+        return v
+
+    @property
+    def reference(self) -> str:
+        return f"{self.image}@{self.digest}"
+
+
+class DesiredState(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    version: Literal[1]
+    services: Annotated[dict[str, ServiceSpec], Field(max_length=MAX_SERVICES)]
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _names(cls, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            bad = [k for k in v if not isinstance(k, str) or not SERVICE_NAME_RE.match(k)]
+            if bad:
+                raise ValueError(
+                    "service names must be strings of lowercase ASCII letters, digits, "
+                    f"'.', '_' or '-': {', '.join(repr(b) for b in bad[:5])}"
+                )
+        return v
+
+    def digests(self) -> dict[str, str]:
+        return {name: s.digest for name, s in self.services.items()}
+
+
+def load_yaml(data: bytes, source: str) -> Any:
+    if len(data) > MAX_BYTES:
+        raise DesiredStateError(source, [f"file is {len(data)} bytes; the limit is {MAX_BYTES}"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DesiredStateError(source, [f"not UTF-8 text (byte {e.start})"]) from None
+    try:
+        for event in YAML(typ="safe", pure=True).parse(io.StringIO(text)):
+            if isinstance(event, AliasEvent):
+                mark = event.start_mark
+                line = f" at line {mark.line + 1}" if mark is not None else ""
+                raise DesiredStateError(
+                    source, [f"YAML aliases (*name) are not allowed{line}"]
+                )
+        return YAML(typ="safe", pure=True).load(text)
+    except DesiredStateError:
+        raise
+    except YAMLError as e:
+        one_line = " ".join(str(e).split())
+        raise DesiredStateError(source, [f"not valid YAML: {one_line}"]) from None
+    except (RecursionError, ValueError, TypeError, OverflowError) as e:
+        raise DesiredStateError(source, [f"not valid YAML: {type(e).__name__}: {e}"]) from None
+
+
+def parse_desired_state(data: bytes, source: str = "desired-state.yml") -> DesiredState:
+    """Parse and validate desired-state.yml bytes. Raises only DesiredStateError."""
+    doc = load_yaml(data, source)
+    if not isinstance(doc, dict):
+        raise DesiredStateError(
+            source, [f"At '(top level)': expected a mapping, got {type(doc).__name__}"]
+        )
+    try:
+        return DesiredState.model_validate(doc)
+    except ValidationError as e:
+        raise DesiredStateError(source, format_validation_error(e)) from None
+    except (RecursionError, TypeError, ValueError) as e:  # defensive: never leak others
+        raise DesiredStateError(source, [f"invalid document: {type(e).__name__}"]) from None
+
+
+def check_against_compose(
+    desired: DesiredState, compose_services: Iterable[str], source: str
+) -> None:
+    """A service listed in desired-state but absent from the compose files is an error."""
+    known = set(compose_services)
+    problems = [
+        f"At 'services.{name}': no service {name!r} in the compose files "
+        f"(they define: {', '.join(sorted(known)) or 'nothing'})"
+        for name in desired.services
+        if name not in known
+    ]
+    if problems:
+        raise DesiredStateError(source, problems)
+
+
+def check_allowed_images(desired: DesiredState, allowed: list[str] | None, source: str) -> None:
+    if allowed is None:
+        return
+    problems = [
+        f"At 'services.{name}.image': {spec.image!r} is outside the allowlist "
+        f"([trust] allowed_images)"
+        for name, spec in desired.services.items()
+        if not any(_image_allowed(spec.image, prefix) for prefix in allowed)
+    ]
+    if problems:
+        raise DesiredStateError(source, problems)
+
+
+def _image_allowed(image: str, prefix: str) -> bool:
+    if prefix.endswith("/"):
+        return image.startswith(prefix)
+    return image == prefix or image.startswith(prefix + "/")

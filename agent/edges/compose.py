@@ -1,0 +1,131 @@
+"""The ``docker compose`` v2 edge. Argument lists only; typed errors with command, exit code
+and stderr. The agent never builds: every ``up`` passes ``--no-build``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.errors import ComposeError, ComposeFileError
+from agent.log import redact_text
+
+log = structlog.get_logger()
+
+PLUGIN_DIRS = (
+    "~/.docker/cli-plugins",
+    "/usr/local/lib/docker/cli-plugins",
+    "/usr/local/libexec/docker/cli-plugins",
+    "/usr/lib/docker/cli-plugins",
+    "/usr/libexec/docker/cli-plugins",
+)
+
+
+def find_compose_command(configured: Sequence[str] | None = None) -> list[str]:
+    """The compose v2 command: configured, else ``GITOPS_AGENT_COMPOSE``, else the CLI
+    plugin binary called directly (it runs standalone), else ``docker compose``."""
+    if configured:
+        return list(configured)
+    env = os.environ.get("GITOPS_AGENT_COMPOSE")
+    if env:
+        return [env]
+    for d in PLUGIN_DIRS:
+        p = Path(os.path.expanduser(d)) / "docker-compose"
+        if p.is_file() and os.access(p, os.X_OK):
+            return [str(p)]
+    standalone = shutil.which("docker-compose")
+    if standalone:
+        return [standalone]
+    return ["docker", "compose"]
+
+
+class Compose:
+    def __init__(
+        self,
+        command: Sequence[str],
+        project_dir: Path,
+        files: Sequence[str],
+        project_name: str,
+        override: Path | None = None,
+        timeout: float = 600,
+    ) -> None:
+        self.command = list(command)
+        self.project_dir = project_dir
+        self.files = [project_dir / f for f in files]
+        self.project_name = project_name
+        self.override = override
+        self.timeout = timeout
+
+    def _base(self, with_override: bool = True) -> list[str]:
+        args = [*self.command, "--project-name", self.project_name,
+                "--project-directory", str(self.project_dir)]
+        for f in self.files:
+            args += ["--file", str(f)]
+        if with_override and self.override is not None and self.override.exists():
+            args += ["--file", str(self.override)]
+        return args
+
+    def _run(self, args: list[str], *, timeout: float | None = None) -> str:
+        cmd = args
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, timeout=timeout or self.timeout, check=False,
+                cwd=self.project_dir,
+            )
+        except subprocess.TimeoutExpired:
+            raise ComposeError(cmd, -1, f"timed out after {timeout or self.timeout:.0f}s") from None
+        except FileNotFoundError:
+            raise ComposeError(cmd, 127, f"{cmd[0]}: command not found (compose v2 needed)") from None
+        if proc.returncode != 0:
+            raise ComposeError(cmd, proc.returncode, redact_text(proc.stderr.decode(errors="replace")))
+        return proc.stdout.decode(errors="replace")
+
+    # ------------------------------------------------------------------ read
+    def config(self, with_override: bool = False) -> dict[str, Any]:
+        """The resolved compose model. A file that does not parse is ComposeFileError."""
+        missing = [str(f) for f in self.files if not f.is_file()]
+        if missing:
+            raise ComposeFileError("compose", [f"compose file not found: {m}" for m in missing])
+        try:
+            out = self._run([*self._base(with_override), "config", "--format", "json"],
+                            timeout=60)
+        except ComposeError as e:
+            lines = [ln for ln in e.stderr.strip().splitlines() if ln.strip()]
+            raise ComposeFileError(
+                ", ".join(str(f) for f in self.files),
+                [lines[-1] if lines else f"docker compose config exited {e.returncode}"],
+            ) from None
+        model: dict[str, Any] = json.loads(out)
+        return model
+
+    def services(self) -> dict[str, Any]:
+        services: dict[str, Any] = self.config().get("services") or {}
+        return services
+
+    # ------------------------------------------------------------------ act
+    def up(self, services: Sequence[str], *, pull: str = "never") -> None:
+        """Create or recreate ``services`` only (no dependencies), never building."""
+        if not services:
+            return
+        self._run([*self._base(), "up", "--detach", "--no-deps", "--no-build",
+                   "--pull", pull, *services])
+
+    def remove(self, services: Sequence[str]) -> None:
+        """Stop and remove the containers of ``services`` (a service that had no previous
+        release to roll back to)."""
+        if not services:
+            return
+        self._run([*self._base(), "rm", "--stop", "--force", *services])
+
+
+def render_override(images: dict[str, str]) -> bytes:
+    """The generated override that pins managed services to ``image@digest``. JSON is YAML,
+    so compose reads it as is."""
+    doc = {"services": {name: {"image": ref} for name, ref in sorted(images.items())}}
+    return (json.dumps(doc, indent=2) + "\n").encode()

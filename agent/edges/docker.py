@@ -1,0 +1,196 @@
+"""The Docker engine edge (docker SDK): observe containers, pull by digest, inspect health."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+import structlog
+
+from agent.errors import (
+    DockerUnavailable,
+    ImageNotFound,
+    RegistryAuthError,
+    RegistryUnavailable,
+)
+from agent.log import redact_text
+from agent.plan import ObservedContainer
+
+log = structlog.get_logger()
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+ONEOFF_LABEL = "com.docker.compose.oneoff"
+
+_AUTH_MARKERS = (
+    "unauthorized",
+    "authentication required",
+    "no basic auth credentials",
+    "denied",
+    "forbidden",
+    "401",
+    "403",
+)
+_NOT_FOUND_MARKERS = ("manifest unknown", "not found", "manifest for", "does not exist")
+
+
+def registry_of(image: str) -> str:
+    first = image.split("/", 1)[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """``repo[:tag][@digest]`` -> (repo, digest)."""
+    digest = None
+    if "@" in ref:
+        ref, digest = ref.split("@", 1)
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        ref = ref[: len(ref) - len(last)] + last.split(":", 1)[0]
+    return ref, digest
+
+
+def classify_pull_error(registry: str, reference: str, message: str) -> Exception:
+    msg = redact_text(" ".join(message.split()))
+    low = msg.lower()
+    if any(m in low for m in _AUTH_MARKERS) and "connection refused" not in low:
+        return RegistryAuthError(registry, reference, msg)
+    if "manifest unknown" in low or ("not found" in low and "dial tcp" not in low
+                                     and "no such host" not in low):
+        return ImageNotFound(f"registry {registry} has no manifest {reference}: {msg}")
+    return RegistryUnavailable(registry, reference, msg)
+
+
+class DockerEngine:
+    """Thin wrapper over the docker SDK. One API client, safe to share between threads for
+    the read-only calls the agent makes concurrently (pulls)."""
+
+    def __init__(self, client: docker.DockerClient | None = None, timeout: float = 120) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    try:
+                        self._client = docker.from_env(timeout=int(self._timeout))
+                    except docker.errors.DockerException as e:
+                        raise DockerUnavailable(f"Docker engine not reachable: {e}") from None
+        return self._client
+
+    @contextmanager
+    def _api(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+            raise DockerUnavailable(f"Docker engine not reachable during {what}: {e}") from None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ------------------------------------------------------------------ observe
+    def observe(self, project: str) -> dict[str, list[ObservedContainer]]:
+        """Containers of a compose project, by service, with the digest each was created
+        from. Read-only: one list call plus one image inspect per distinct image."""
+        with self._api("observe"):
+            raw = self.client.api.containers(
+                all=True, filters={"label": f"{PROJECT_LABEL}={project}"}
+            )
+            out: dict[str, list[ObservedContainer]] = {}
+            image_digests: dict[str, list[str]] = {}
+            for summary in raw:
+                labels = summary.get("Labels") or {}
+                if labels.get(ONEOFF_LABEL) == "True":
+                    continue
+                attrs = self.client.api.inspect_container(summary["Id"])
+                c = self._to_observed(attrs, image_digests)
+                out.setdefault(c.service, []).append(c)
+            return out
+
+    def inspect(self, container_id: str) -> ObservedContainer:
+        with self._api("inspect"):
+            return self._to_observed(self.client.api.inspect_container(container_id), {})
+
+    def _to_observed(
+        self, attrs: dict[str, Any], image_digests: dict[str, list[str]]
+    ) -> ObservedContainer:
+        labels = attrs["Config"].get("Labels") or {}
+        image_ref = attrs["Config"].get("Image") or ""
+        repo, digest = split_ref(image_ref)
+        if digest is None:
+            image_id = attrs.get("Image", "")
+            if image_id not in image_digests:
+                try:
+                    img = self.client.api.inspect_image(image_id)
+                    image_digests[image_id] = list(img.get("RepoDigests") or [])
+                except docker.errors.NotFound:
+                    image_digests[image_id] = []
+            matches = {
+                split_ref(rd)[1] for rd in image_digests[image_id] if split_ref(rd)[0] == repo
+            }
+            if len(matches) == 1:
+                digest = matches.pop()
+        state = attrs.get("State") or {}
+        health = state.get("Health") or {}
+        logs = health.get("Log") or []
+        output = (logs[-1].get("Output") or "").strip() if logs else ""
+        return ObservedContainer(
+            service=labels.get(SERVICE_LABEL, "?"),
+            container_id=attrs["Id"],
+            name=attrs.get("Name", "").lstrip("/"),
+            image_ref=image_ref,
+            digest=digest,
+            status=state.get("Status", "unknown"),
+            health=health.get("Status") or None,
+            restart_count=int(attrs.get("RestartCount") or 0),
+            exit_code=int(state.get("ExitCode") or 0),
+            health_output=output[-300:],
+        )
+
+    # ------------------------------------------------------------------ images
+    def has_image(self, image: str, digest: str) -> bool:
+        """The image is local *and* carries the manifest digest asked for."""
+        ref = f"{image}@{digest}"
+        with self._api("image inspect"):
+            try:
+                img = self.client.api.inspect_image(ref)
+            except docker.errors.ImageNotFound:
+                return False
+            except docker.errors.NotFound:
+                return False
+        return ref in (img.get("RepoDigests") or [])
+
+    def pull(self, image: str, digest: str, auth: dict[str, str] | None = None) -> None:
+        """Pull ``image@digest``. The engine verifies the content against the digest.
+
+        Raises RegistryUnavailable (transient), RegistryAuthError or ImageNotFound.
+        """
+        registry = registry_of(image)
+        ref = f"{image}@{digest}"
+        try:
+            with self._api("pull"):
+                stream = self.client.api.pull(
+                    image, tag=digest, stream=True, decode=True, auth_config=auth
+                )
+                for chunk in stream:
+                    if "error" in chunk:
+                        detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                        raise classify_pull_error(registry, ref, str(detail))
+        except docker.errors.APIError as e:
+            raise classify_pull_error(registry, ref, str(e.explanation or e)) from None
+        except requests.exceptions.ChunkedEncodingError as e:
+            raise RegistryUnavailable(registry, ref, f"connection dropped: {e}") from None
+        if not self.has_image(image, digest):
+            raise RegistryUnavailable(registry, ref, "pull finished but the image is not local")

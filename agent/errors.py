@@ -1,0 +1,136 @@
+"""The agent's exception hierarchy.
+
+Errors are sorted by *kind*, as Flux's controllers do, because the kind decides what
+happens next:
+
+* ``InvalidInput`` (config, desired-state, compose file): *stalled*. Nothing is touched and
+  the revision is not retried until it changes. Exit code 2.
+* ``TransientError`` (source or registry unreachable, Docker engine restarting): retried
+  with backoff; never marks a revision failed. Exit code 3 when the pass could not even learn
+  what to deploy, 1 when a release was aborted before anything was touched.
+* ``ReleaseFailed``: the release was tried and did not become healthy (rolled back), or
+  could not be pulled. Exit code 1.
+* ``AgentEnvironmentError``: the agent cannot keep a record (state_dir unwritable, lock held
+  by another agent). It refuses to act. Exit code 4.
+
+Only :mod:`agent.cli` turns these into exit codes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class AgentError(Exception):
+    """Base class of every error the agent raises on purpose."""
+
+
+# --------------------------------------------------------------------------- invalid input
+class InvalidInput(AgentError):
+    """Input that will not become valid by retrying. Carries every problem found."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source = source
+        self.problems = list(problems)
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        if len(self.problems) == 1:
+            return f"{self.source}: {self.problems[0]}"
+        lines = [f"{self.source}: {len(self.problems)} problems"]
+        lines += [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class ConfigError(InvalidInput):
+    """The agent's own TOML configuration is invalid."""
+
+
+class DesiredStateError(InvalidInput):
+    """desired-state.yml is invalid (syntax, schema, or inconsistent with compose)."""
+
+
+class ComposeFileError(InvalidInput):
+    """The compose files on the server do not parse."""
+
+
+class UntrustedRevision(InvalidInput):
+    """The revision is refused by the trust policy (signature, allowlist)."""
+
+
+# --------------------------------------------------------------------------- transient
+class TransientError(AgentError):
+    """Worth retrying later; never marks a revision failed."""
+
+
+class SourceUnavailable(TransientError):
+    """The git host / API could not be reached or answered with a server error."""
+
+
+class RegistryUnavailable(TransientError):
+    """The registry could not be reached, timed out, or answered 5xx."""
+
+    def __init__(self, registry: str, reference: str, reason: str) -> None:
+        self.registry = registry
+        self.reference = reference
+        self.reason = reason
+        super().__init__(f"registry {registry} unavailable while pulling {reference}: {reason}")
+
+
+class DockerUnavailable(TransientError):
+    """The Docker engine did not answer."""
+
+
+# --------------------------------------------------------------------------- release failures
+class ReleaseFailed(AgentError):
+    """The release could not be made to run; the last known-good digests run."""
+
+
+class RegistryAuthError(ReleaseFailed):
+    """The registry refused our credentials (401/403). Not retried."""
+
+    def __init__(self, registry: str, reference: str, reason: str) -> None:
+        self.registry = registry
+        self.reference = reference
+        self.reason = reason
+        super().__init__(
+            f"registry {registry} refused the credentials for {reference} ({reason}); "
+            f"run 'docker login {registry}' as the agent's user or set "
+            f"[registry.\"{registry}\"] username/password_file in the agent config"
+        )
+
+
+class ImageNotFound(ReleaseFailed):
+    """The registry does not have the manifest the desired state names."""
+
+
+class CommandError(AgentError):
+    """A subprocess at the edge (compose, git) failed. Carries command, exit code, stderr."""
+
+    def __init__(self, command: Sequence[str], returncode: int, stderr: str) -> None:
+        self.command = list(command)
+        self.returncode = returncode
+        self.stderr = stderr
+        tail = stderr.strip().splitlines()[-1] if stderr.strip() else "(no output)"
+        super().__init__(f"{self.command[0]} exited {returncode}: {tail}")
+
+
+class ComposeError(CommandError):
+    """``docker compose`` failed."""
+
+
+class GitError(CommandError):
+    """``git`` failed."""
+
+
+# --------------------------------------------------------------------------- environment
+class AgentEnvironmentError(AgentError):
+    """The agent cannot work safely here (cannot record state, lock held)."""
+
+
+class LockHeld(AgentEnvironmentError):
+    """Another agent holds the state_dir lock."""
+
+
+class StateWriteError(AgentEnvironmentError):
+    """state_dir is unwritable or full."""

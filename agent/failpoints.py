@@ -1,0 +1,19 @@
+"""Failpoints for fault-injection tests: ``GITOPS_AGENT_FAILPOINTS=after-pull`` makes the
+process SIGKILL itself when it reaches that point, exactly as an OOM kill or power cut would.
+
+Names: after-fetch, after-pull, during-apply, after-apply, during-health, during-rollback.
+Unset in production (the default) it costs one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_ENV = "GITOPS_AGENT_FAILPOINTS"
+
+
+def failpoint(name: str) -> None:
+    active = os.environ.get(_ENV)
+    if active and name in active.split(","):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,144 @@
+"""Health verdicts. ``judge`` is pure; ``wait_healthy`` polls an injected ``observe``.
+
+A container with a HEALTHCHECK is healthy when Docker says so and fails at once when Docker
+says ``unhealthy``. One without is healthy after running ``settle`` seconds without a
+restart. Exiting (even with code 0) or restarting is a failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from agent.errors import TransientError
+from agent.failpoints import failpoint
+from agent.plan import ObservedContainer
+
+log = structlog.get_logger()
+
+POLL_SECONDS = 0.25
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: str  # "ok", "wait", "fail"
+    detail: str = ""
+
+
+def judge(
+    containers: Sequence[ObservedContainer],
+    digest: str,
+    first_seen: Mapping[str, tuple[float, int]],
+    now: float,
+    settle: float,
+) -> Verdict:
+    """Verdict for one service from one observation."""
+    mine = [c for c in containers if c.digest == digest]
+    if not mine:
+        return Verdict("wait", "no container at the new digest yet")
+    for c in mine:
+        if c.status in ("exited", "dead"):
+            return Verdict("fail", f"container {c.name} exited with code {c.exit_code}")
+        if c.status == "restarting" or (
+            c.container_id in first_seen and c.restart_count > first_seen[c.container_id][1]
+        ):
+            return Verdict("fail", f"container {c.name} is crash-looping "
+                                   f"(restarted {c.restart_count} times)")
+        if c.health == "unhealthy":
+            out = f": {c.health_output}" if c.health_output else ""
+            return Verdict("fail", f"container {c.name} is unhealthy{out}")
+    waiting = []
+    for c in mine:
+        if c.health == "healthy":
+            continue
+        if c.health == "starting":
+            waiting.append(f"{c.name} health starting")
+            continue
+        if c.status != "running":
+            waiting.append(f"{c.name} {c.status}")
+            continue
+        since = first_seen.get(c.container_id, (now, c.restart_count))[0]
+        if now - since < settle:
+            waiting.append(f"{c.name} running {now - since:.1f}s of {settle:.0f}s settle time")
+    if waiting:
+        return Verdict("wait", "; ".join(waiting))
+    return Verdict("ok")
+
+
+def wait_healthy(
+    *,
+    observe: Callable[[], Mapping[str, Sequence[ObservedContainer]]],
+    services: Sequence[str],
+    digests: Mapping[str, str],
+    timeout: float,
+    settle: float,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str | None:
+    """Poll until every service is healthy at its digest (None) or one fails / the
+    timeout passes (the reason, naming service and health output)."""
+    deadline = clock() + timeout
+    first_seen: dict[str, tuple[float, int]] = {}
+    pending = set(services)
+    last: dict[str, Verdict] = {}
+    log.info("agent.health.waiting", services=sorted(services), timeout_seconds=timeout)
+    while True:
+        now = clock()
+        try:
+            observed = observe()
+        except TransientError as e:  # e.g. the Docker daemon restarting: keep polling
+            log.warning("agent.health.observe_failed", error=str(e))
+            observed = None
+        if observed is not None:
+            failpoint("during-health")
+            for svc in sorted(pending):
+                for c in observed.get(svc, ()):
+                    if c.status == "running" and c.container_id not in first_seen:
+                        first_seen[c.container_id] = (now, c.restart_count)
+                v = judge(observed.get(svc, ()), digests[svc], first_seen, now, settle)
+                last[svc] = v
+                if v.state == "fail":
+                    log.error("agent.health.failed", service=svc, digest=digests[svc],
+                              reason=v.detail)
+                    return f"{svc}: {v.detail}"
+                if v.state == "ok":
+                    log.info("agent.health.healthy", service=svc, digest=digests[svc])
+                    pending.discard(svc)
+        if not pending:
+            return None
+        if now >= deadline:
+            why = "; ".join(f"{s}: {last[s].detail}" for s in sorted(pending) if s in last)
+            reason = f"not healthy within {timeout:.0f}s ({why or 'no container seen'})"
+            log.error("agent.health.timeout", services=sorted(pending), reason=reason)
+            return reason
+        sleep(min(POLL_SECONDS, max(0.0, deadline - clock())))
+
+
+def service_health(containers: Sequence[ObservedContainer]) -> str:
+    """One word for status: healthy, unhealthy, starting, running, exited, restarting, missing."""
+    if not containers:
+        return "missing"
+    words = []
+    for c in containers:
+        if c.status != "running":
+            words.append(c.status)
+        else:
+            words.append(c.health or "running")
+    for w in ("unhealthy", "restarting", "exited", "dead", "starting", "created", "paused"):
+        if w in words:
+            return w
+    return words[0]
+
+
+def snapshot_problems(
+    target: Mapping[str, object], observed: Mapping[str, Sequence[ObservedContainer]]
+) -> list[str]:
+    problems = []
+    for svc in sorted(target):
+        h = service_health(observed.get(svc, ()))
+        if h not in ("healthy", "running"):
+            problems.append(f"{svc} is {h}")
+    return problems

@@ -1,0 +1,67 @@
+"""structlog set-up: JSON lines when stderr is not a TTY (journald), console on a TTY.
+
+Events are dotted names (``agent.pull.retry_scheduled``) with key-value context. Values that
+look like secrets are redacted before rendering, whatever the caller passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+_SECRET_KEYS = re.compile(r"(pass(word)?|secret|token|authorization|auth|credential)", re.I)
+# credentials embedded in URLs: https://user:token@host/
+_URL_CREDS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s:@]+(:[^/\s@]*)?@", re.I)
+_known_secrets: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """A value (token, password) that must never be rendered."""
+    if value and len(value) >= 4:
+        _known_secrets.add(value)
+
+
+def redact_text(text: str) -> str:
+    text = _URL_CREDS.sub(lambda m: f"{m.group('scheme')}***@", text)
+    for s in _known_secrets:
+        if s in text:
+            text = text.replace(s, "***")
+    return text
+
+
+def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for k, v in list(event_dict.items()):
+        if _SECRET_KEYS.search(k) and k not in ("event",):
+            event_dict[k] = "***"
+        elif isinstance(v, str):
+            event_dict[k] = redact_text(v)
+    return event_dict
+
+
+def configure(stream: TextIO | None = None, *, json: bool | None = None, level: str = "info") -> None:
+    stream = stream or sys.stderr
+    if json is None:
+        json = not stream.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _redact,
+            structlog.processors.format_exc_info if json else structlog.processors.StackInfoRenderer(),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,233 @@
+"""What happened (the *status*), kept apart from the spec, in ``state_dir``.
+
+State is one JSON file written atomically (temp file, fsync, rename, fsync of the
+directory), so a crash leaves either the old or the new record, never half of one.
+A lock file keeps two agents off one state_dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agent.errors import AgentEnvironmentError, LockHeld, StateWriteError
+
+STATE_FILE = "state.json"
+LOCK_FILE = "agent.lock"
+MAX_FAILED_REVISIONS = 50
+
+Outcome = Literal[
+    "applied",  # the desired digests run and are healthy after changes
+    "no-op",  # nothing to change, everything healthy
+    "rolled-back",  # release failed its health checks; the last known-good digests run
+    "failed",  # release not applied (pull failed, auth refused, apply error); nothing changed
+    "invalid",  # config/desired-state/compose invalid; nothing touched (stalled)
+    "skipped",  # revision failed before; not retried until it changes (or --force)
+    "error",  # transient error (source/registry/docker unreachable); retried later
+    "degraded",  # nothing to change, but a managed service is not healthy
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ImageDigest(_Model):
+    image: str
+    digest: str
+
+
+class Change(_Model):
+    service: str
+    image: str
+    old: str | None
+    new: str
+
+
+class RevisionRecord(_Model):
+    revision: str | None
+    at: datetime
+    outcome: Outcome
+    reason: str | None = None
+
+
+class InFlight(_Model):
+    """Written before any container is touched; cleared when the pass is recorded."""
+
+    revision: str
+    started_at: datetime
+    phase: Literal["apply", "verify", "rollback"]
+    previous: dict[str, ImageDigest | None]
+    target: dict[str, ImageDigest]
+
+
+class PassRecord(_Model):
+    started_at: datetime
+    duration_seconds: float
+    revision: str | None
+    outcome: Outcome
+    changes: list[Change] = Field(default_factory=list)
+    reason: str | None = None
+    forced: bool = False
+    phases: dict[str, float] = Field(default_factory=dict)
+    repeats: int = 1  # consecutive identical no-op passes are folded into one record
+
+
+class AgentState(_Model):
+    version: Literal[1] = 1
+    last_attempted: RevisionRecord | None = None
+    last_applied: RevisionRecord | None = None
+    known_good: dict[str, ImageDigest] = Field(default_factory=dict)
+    failed_revisions: dict[str, str] = Field(default_factory=dict)
+    in_flight: InFlight | None = None
+    history: list[PassRecord] = Field(default_factory=list)
+
+    def record_pass(self, rec: PassRecord, limit: int) -> None:
+        last = self.history[0] if self.history else None
+        if (
+            last is not None
+            and rec.outcome in ("no-op", "skipped", "error", "invalid")
+            and last.outcome == rec.outcome
+            and last.revision == rec.revision
+            and last.reason == rec.reason
+            and not rec.changes
+        ):
+            last.repeats += 1
+            last.duration_seconds = rec.duration_seconds
+            return
+        self.history.insert(0, rec)
+        del self.history[limit:]
+
+    def mark_failed(self, revision: str, reason: str) -> None:
+        self.failed_revisions.pop(revision, None)
+        self.failed_revisions[revision] = reason
+        while len(self.failed_revisions) > MAX_FAILED_REVISIONS:
+            self.failed_revisions.pop(next(iter(self.failed_revisions)))
+
+
+class StateStore:
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+        self.path = state_dir / STATE_FILE
+
+    def ensure_dir(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as e:
+            raise StateWriteError(f"state_dir {self.dir} cannot be created: {e.strerror}") from None
+        if not os.access(self.dir, os.W_OK | os.X_OK):
+            raise StateWriteError(
+                f"state_dir {self.dir} is not writable; the agent refuses to act without a record"
+            )
+
+    def load(self) -> AgentState:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return AgentState()
+        except OSError as e:
+            raise AgentEnvironmentError(f"cannot read {self.path}: {e.strerror}") from None
+        try:
+            return AgentState.model_validate(json.loads(raw))
+        except (ValueError, ValidationError) as e:
+            raise AgentEnvironmentError(
+                f"{self.path} is not a valid state file ({type(e).__name__}); "
+                "move it aside to start afresh"
+            ) from None
+
+    def save(self, state: AgentState) -> None:
+        data = state.model_dump_json(indent=2).encode() + b"\n"
+        write_atomic(self.path, data)
+
+    def probe_writable(self) -> None:
+        """Fail early, before touching containers, if a record could not be written."""
+        write_atomic(self.dir / ".probe", b"x" * 4096)
+        with contextlib.suppress(OSError):
+            (self.dir / ".probe").unlink()
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
+    tmp_name = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp_name, path)
+        tmp_name = None
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        what = "full" if e.errno == errno.ENOSPC else "not writable"
+        raise StateWriteError(
+            f"cannot write {path}: {e.strerror} (state_dir {what}); "
+            "the agent refuses to act without a record"
+        ) from None
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+
+
+class StateLock:
+    """An exclusive, non-blocking flock on ``state_dir/agent.lock``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        except OSError as e:
+            raise StateWriteError(f"cannot open lock file {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = ""
+            with contextlib.suppress(OSError, ValueError):
+                holder = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
+            os.close(fd)
+            raise LockHeld(
+                f"another gitops-agent holds {self.path}{holder}; "
+                "only one agent may work on a state_dir at a time"
+            ) from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> StateLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
