@@ -115,3 +115,69 @@ class Harness:
         code, out = cs[0].exec_run(["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"])
         assert code == 0, out
         return str(out.decode().strip())
+
+
+class DaemonProcess:
+    """`gitops-agent run` as a real subprocess; its JSON log lines are collected."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        import threading
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--config", str(config), "--log-format", "json",
+             "run"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+            env={**os.environ, "GITOPS_AGENT_FAST_RETRY": "1", **(env or {})},
+        )
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._cond:
+                self.raw.append(line)
+                try:
+                    self.lines.append(json.loads(line))
+                except ValueError:
+                    pass
+                self._cond.notify_all()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        with self._cond:
+            return [e for e in self.lines if e.get("event") == name]
+
+    def wait_for(self, name: str, timeout: float = 60, count: int = 1,
+                 where: Any = None) -> dict[str, Any]:
+        import time
+
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                hits = [e for e in self.lines if e.get("event") == name
+                        and (where is None or where(e))]
+                if len(hits) >= count:
+                    return hits[count - 1]
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no {name} (x{count}) within {timeout}s; log:\n" + "".join(self.raw[-40:]))
+                self._cond.wait(min(left, 0.5))
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 60) -> int:
+        import signal as _signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(_signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._reader.join(5)
