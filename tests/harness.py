@@ -67,8 +67,8 @@ class Harness:
         services = {svc: (self.image(svc), self.images[key]) for svc, key in digests.items()}
         return self.commit(rig.desired_yaml(services), message)
 
-    def commit(self, text: str, message: str = "update") -> str:
-        return self.project.repo.commit_file("desired-state.yml", text, message)
+    def commit(self, text: str, message: str = "update", signing_key: Path | None = None) -> str:
+        return self.project.repo.commit_file("desired-state.yml", text, message, signing_key)
 
     # ------------------------------------------------------------------ the agent
     def cli(self, *args: str) -> SyncResult:

@@ -229,12 +229,16 @@ class GitRepo:
         git("remote", "add", "origin", str(self.origin), cwd=self.work)
         return self
 
-    def commit_file(self, relpath: str, content: str, message: str = "update") -> str:
+    def commit_file(self, relpath: str, content: str, message: str = "update",
+                    signing_key: Path | None = None) -> str:
         p = self.work / relpath
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(content)
         git("add", relpath, cwd=self.work)
-        git("commit", "--quiet", "--allow-empty", "-m", message, cwd=self.work)
+        sign = ([] if signing_key is None else
+                ["-c", "gpg.format=ssh", "-c", f"user.signingkey={signing_key}"])
+        git(*sign, "commit", "--quiet", "--allow-empty", *(["-S"] if signing_key else []),
+            "-m", message, cwd=self.work)
         git("push", "--quiet", "--force", "origin", f"HEAD:{self.branch}", cwd=self.work)
         return git("rev-parse", "HEAD", cwd=self.work)
 
