@@ -10,7 +10,7 @@ Rules, all checked before anything is written:
 * a service not in the file is refused, unless ``--image`` gives its repository (then it
   is appended);
 * a ``pinned: true`` service is refused unless ``--force`` (it stays pinned, at the new
-  digest);
+  digest) or ``--skip-pinned`` (it is left as it is, the others are bumped);
 * one call is all or nothing: a single refused service leaves the file untouched;
 * bumping to the digest already there changes nothing (the file is not even rewritten);
 * when the digest changes and no ``--tag`` is given, the old ``tag`` is removed: it named a
@@ -147,6 +147,7 @@ def bump_text(
     changes: Sequence[Change],
     *,
     force: bool = False,
+    skip_pinned: bool = False,
     source: str = "desired-state.yml",
 ) -> tuple[str, list[str]]:
     """Apply ``changes`` to desired-state YAML ``text``.
@@ -154,7 +155,8 @@ def bump_text(
     Returns ``(new_text, messages)``; ``new_text == text`` when nothing changes. Raises
     :class:`DesiredStateError` (the file or a change is invalid, a service is unknown and
     no image is given) or :class:`BumpRefused` (a pinned service without ``force``); in
-    both cases every problem is reported at once.
+    both cases every problem is reported at once. With ``skip_pinned``, pinned services
+    are left as they are (and said so) instead of refusing the whole call.
     """
     if not changes:
         raise BumpUsageError(source, ["nothing to bump: give --service NAME --digest DIGEST"])
@@ -164,6 +166,7 @@ def bump_text(
     old = parse_desired_state(text.encode("utf-8"), source)
 
     refused: list[str] = []
+    skipped: dict[str, str] = {}
     for c in changes:
         spec = old.services.get(c.service)
         if spec is None:
@@ -180,6 +183,12 @@ def bump_text(
             or (c.image is not None and spec.image != c.image)
         )
         if spec.pinned and changes_something and not force:
+            if skip_pinned:
+                skipped[c.service] = (
+                    f"{c.service}: pinned at {_short(spec.digest)}; not bumped to "
+                    f"{_short(c.digest)} (skipped)"
+                )
+                continue
             refused.append(
                 f"{c.service} is pinned at {_short(spec.digest)}; not bumped to "
                 f"{_short(c.digest)} (remove 'pinned: true' or use --force)"
@@ -202,6 +211,9 @@ def bump_text(
     messages: list[str] = []
     changed = False
     for c in changes:
+        if c.service in skipped:
+            messages.append(skipped[c.service])
+            continue
         spec = old.services.get(c.service)
         if spec is None:
             assert c.image is not None
@@ -247,7 +259,7 @@ def bump_text(
     new_text = out.getvalue()
     # Never hand back a file the agent would refuse, or one that says something else.
     new = parse_desired_state(new_text.encode("utf-8"), source)
-    expected = _expected_state(old, changes, source)
+    expected = _expected_state(old, [c for c in changes if c.service not in skipped], source)
     if new != expected:  # pragma: no cover - a ruamel surprise, not an input problem
         raise DesiredStateError(
             source, ["internal error: the edited YAML does not say what was asked; nothing written"]
@@ -286,7 +298,12 @@ def _delete_key(node: Any, key: str) -> None:
 
 # --------------------------------------------------------------------------- file
 def bump_file(
-    path: Path, changes: Sequence[Change], *, force: bool = False, dry_run: bool = False
+    path: Path,
+    changes: Sequence[Change],
+    *,
+    force: bool = False,
+    skip_pinned: bool = False,
+    dry_run: bool = False,
 ) -> tuple[bool, list[str]]:
     """Bump ``path`` in place, atomically. Returns (changed, messages)."""
     source = str(path)
@@ -298,7 +315,9 @@ def bump_file(
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DesiredStateError(source, [f"not UTF-8 text (byte {e.start})"]) from None
-    new_text, messages = bump_text(text, changes, force=force, source=source)
+    new_text, messages = bump_text(
+        text, changes, force=force, skip_pinned=skip_pinned, source=source
+    )
     if new_text == text:
         return False, messages
     if dry_run:
@@ -388,7 +407,7 @@ def add_bump_parser(sub: Any) -> None:
             "      --service api --digest sha256:<64 hex> \\\n"
             "      --service worker --digest sha256:<64 hex> --image ghcr.io/acme/shop/worker\n"
             "exit codes: 0 bumped or already there, 1 refused (pinned service without "
-            "--force) or unwritable, 2 invalid (malformed digest, unknown service without "
+            "--force or --skip-pinned) or unwritable, 2 invalid (malformed digest, unknown service without "
             "--image, invalid file)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -406,6 +425,9 @@ def add_bump_parser(sub: Any) -> None:
                         "changes the repository if it differs")
     p.add_argument("--force", action="store_true",
                    help="bump pinned services too (they stay pinned)")
+    p.add_argument("--skip-pinned", action="store_true",
+                   help="leave pinned services as they are and bump the others, instead of "
+                        "refusing the whole call (what the release workflow does)")
     p.add_argument("--dry-run", action="store_true",
                    help="say what would change; write nothing")
 
@@ -413,7 +435,8 @@ def add_bump_parser(sub: Any) -> None:
 def cmd_bump(args: argparse.Namespace) -> int:
     path: Path = args.file
     changes = changes_from_items(getattr(args, "bump_items", None) or [], str(path))
-    changed, messages = bump_file(path, changes, force=args.force, dry_run=args.dry_run)
+    changed, messages = bump_file(path, changes, force=args.force,
+                                  skip_pinned=args.skip_pinned, dry_run=args.dry_run)
     for m in messages:
         print(m)
     if not changed:

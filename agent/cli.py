@@ -276,7 +276,7 @@ def cmd_diff(cfg: AgentConfig) -> int:
     StateStore(cfg.agent.state_dir).ensure_dir()
     state = rec.store.load()
     fetched = rec._fetch(state)
-    desired, _ = rec.load_desired(fetched)
+    desired = rec.load_desired(fetched).desired
     observed = rec.engine.observe(cfg.compose.name)
     failed = fetched.revision in state.failed_revisions
     plan = make_plan(fetched.revision,

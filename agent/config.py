@@ -75,6 +75,9 @@ class AgentSection(_Strict):
     settle_seconds: Annotated[float, Field(ge=0)] = 10
     state_dir: Path = Path("/var/lib/gitops-agent")
     pull_concurrency: Annotated[int, Field(ge=1, le=32)] = 4
+    # a pull showing no progress for this long is given up (and retried): a registry
+    # that accepts connections and never answers must not hang the agent
+    pull_stall_timeout_seconds: Annotated[float, Field(gt=0)] = 120
     history_limit: Annotated[int, Field(ge=1, le=10000)] = 200
 
 

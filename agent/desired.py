@@ -23,15 +23,16 @@ from agent.errors import DesiredStateError
 MAX_BYTES = 1024 * 1024  # a desired-state of hundreds of services is a few tens of KiB
 MAX_SERVICES = 1000
 
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 # A service name as compose accepts it, restricted to ASCII so lookalike characters
-# (unicode tricks) cannot smuggle a second "web" in.
-SERVICE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+# (unicode tricks) cannot smuggle a second "web" in. (\Z, not $: "$" also matches before a
+# trailing newline, which would let "web\n" or "sha256:...\n" through.)
+SERVICE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
 # distribution/reference, without tag or digest: [host[:port]/]path-component(/component)*
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
-REPOSITORY_RE = re.compile(rf"^(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+REPOSITORY_RE = re.compile(rf"^(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*\Z")
+TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 
 UpdateOrder = Literal["start-first", "stop-first"]
 
@@ -89,6 +90,14 @@ class DesiredState(BaseModel):
 
     version: Literal[1]
     services: Annotated[dict[str, ServiceSpec], Field(max_length=MAX_SERVICES)]
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_is_int(cls, v: Any) -> Any:
+        # Literal[1] compares by equality: without this, true and 1.0 would pass as 1.
+        if type(v) is not int:
+            raise ValueError(f"must be the integer 1, not {type(v).__name__} {v!r}")
+        return v
 
     @field_validator("services", mode="before")
     @classmethod
@@ -178,3 +187,52 @@ def _image_allowed(image: str, prefix: str) -> bool:
     if prefix.endswith("/"):
         return image.startswith(prefix)
     return image == prefix or image.startswith(prefix + "/")
+
+
+STATEFUL_LABEL = "gitops-agent.stateful"
+
+
+def declared_scale(compose_service: Mapping[str, Any]) -> int:
+    """How many containers compose runs for a service (``scale`` or ``deploy.replicas``)."""
+    deploy = compose_service.get("deploy") or {}
+    for value in (compose_service.get("scale"), deploy.get("replicas")):
+        if isinstance(value, int) and value >= 0:
+            return value
+    return 1
+
+
+def why_not_twice(name: str, compose_service: Mapping[str, Any]) -> str | None:
+    """Why a service cannot run two containers side by side, or None when it can."""
+    for port in compose_service.get("ports") or []:
+        published = port.get("published") if isinstance(port, Mapping) else None
+        if published not in (None, "", "0", 0):
+            return f"it publishes host port {published}"
+    if compose_service.get("container_name"):
+        return f"it has a fixed container_name ({compose_service['container_name']})"
+    labels = compose_service.get("labels") or {}
+    if isinstance(labels, Mapping) and str(labels.get(STATEFUL_LABEL, "")).lower() in (
+        "true", "1", "yes"
+    ):
+        return f"it is declared stateful (label {STATEFUL_LABEL})"
+    return None
+
+
+def resolve_update_orders(
+    desired: DesiredState, compose_services: Mapping[str, Any], source: str
+) -> dict[str, UpdateOrder]:
+    """Per service: ``update`` as set, else start-first where the service can run twice and
+    stop-first where it cannot. An explicit start-first that cannot work is an error."""
+    orders: dict[str, UpdateOrder] = {}
+    problems = []
+    for name, spec in desired.services.items():
+        svc = compose_services.get(name) or {}
+        blocker = why_not_twice(name, svc)
+        if spec.update == "start-first" and blocker:
+            problems.append(
+                f"At 'services.{name}.update': start-first needs a service that can run "
+                f"twice, but {blocker}; use 'update: stop-first' or change the compose file"
+            )
+        orders[name] = spec.update or ("stop-first" if blocker else "start-first")
+    if problems:
+        raise DesiredStateError(source, problems)
+    return orders

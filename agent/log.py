@@ -34,12 +34,25 @@ def redact_text(text: str) -> str:
     return text
 
 
+def _redact_value(v: Any) -> Any:
+    if isinstance(v, str):
+        return redact_text(v)
+    if isinstance(v, list | tuple):  # e.g. a command line
+        return [_redact_value(x) for x in v]
+    if isinstance(v, dict):
+        return {
+            k: "***" if isinstance(k, str) and _SECRET_KEYS.search(k) else _redact_value(x)
+            for k, x in v.items()
+        }
+    return v
+
+
 def _redact(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for k, v in list(event_dict.items()):
         if _SECRET_KEYS.search(k) and k not in ("event",):
             event_dict[k] = "***"
-        elif isinstance(v, str):
-            event_dict[k] = redact_text(v)
+        else:
+            event_dict[k] = _redact_value(v)
     return event_dict
 
 
@@ -57,8 +70,10 @@ def configure(stream: TextIO | None = None, *, json: bool | None = None, level: 
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *([] if json else [structlog.processors.StackInfoRenderer()]),
+            # tracebacks are rendered to text *before* redaction: they carry messages too
+            structlog.processors.format_exc_info,
             _redact,
-            structlog.processors.format_exc_info if json else structlog.processors.StackInfoRenderer(),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

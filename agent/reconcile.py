@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -19,9 +20,12 @@ from agent import health
 from agent.config import AgentConfig
 from agent.desired import (
     DesiredState,
+    UpdateOrder,
     check_against_compose,
     check_allowed_images,
+    declared_scale,
     parse_desired_state,
+    resolve_update_orders,
 )
 from agent.edges.compose import Compose, find_compose_command, render_override
 from agent.edges.docker import DockerEngine
@@ -61,6 +65,13 @@ log = structlog.get_logger()
 
 OVERRIDE_FILE = "compose.override.gitops-agent.json"
 DESIRED_CACHE = "desired-state.cache.yml"
+
+
+@dataclass(frozen=True)
+class Loaded:
+    desired: DesiredState
+    compose_services: dict[str, Any]
+    orders: dict[str, UpdateOrder]
 
 
 @dataclass
@@ -132,7 +143,8 @@ class Reconciler:
         self.cfg = cfg
         self.store = StateStore(cfg.agent.state_dir)
         self.source = source or build_source(cfg)
-        self.engine = engine or DockerEngine()
+        self.engine = engine or DockerEngine(
+            pull_stall_timeout=cfg.agent.pull_stall_timeout_seconds)
         self.override_path = cfg.agent.state_dir / OVERRIDE_FILE
         self.compose = compose or Compose(
             find_compose_command(cfg.compose.command),
@@ -215,7 +227,7 @@ class Reconciler:
             pass  # the cache only serves `status`; the record itself is checked later
         return fetched
 
-    def load_desired(self, fetched: Fetched) -> tuple[DesiredState, dict[str, object]]:
+    def load_desired(self, fetched: Fetched) -> Loaded:
         """Parse and validate everything before anything is touched. Raises InvalidInput."""
         source = f"{fetched.path}@{fetched.revision[:12]}"
         if fetched.trust_error:
@@ -224,7 +236,8 @@ class Reconciler:
         check_allowed_images(desired, self.cfg.trust.allowed_images, source)
         compose_services = self.compose.services()
         check_against_compose(desired, compose_services, source)
-        return desired, compose_services
+        orders = resolve_update_orders(desired, compose_services, source)
+        return Loaded(desired, compose_services, orders)
 
     def _pass_at(
         self, state: AgentState, fetched: Fetched, *, force: bool, phases: _Phases
@@ -233,7 +246,8 @@ class Reconciler:
         # ---- validate (pure + compose config); invalid input is stalled
         try:
             with phases.timed("validate"):
-                desired, compose_services = self.load_desired(fetched)
+                loaded = self.load_desired(fetched)
+                desired, compose_services = loaded.desired, loaded.compose_services
         except InvalidInput as e:
             log.error("agent.desired.invalid", revision=rev, error=str(e))
             return PassResult("invalid", rev, reason=str(e), error=e)
@@ -291,6 +305,7 @@ class Reconciler:
 
         # ---- record intent, then act
         touched = plan.changed_services + plan.unverified
+        start_first = {s for s in touched if loaded.orders.get(s) == "start-first"}
         state.in_flight = InFlight(
             revision=rev, started_at=utcnow(), phase="apply", previous=previous,
             target={n: target[n] for n in touched},
@@ -306,16 +321,27 @@ class Reconciler:
                     self.compose.up(missing_unmanaged, pull="missing")
                 if plan.changes:
                     log.info("agent.apply.started", services=plan.changed_services,
-                             digests={c.service: c.new for c in plan.changes})
-                    self.compose.up(plan.changed_services[:1], pull="never")
+                             digests={c.service: c.new for c in plan.changes},
+                             update={c.service: loaded.orders[c.service] for c in plan.changes})
+                    stop_first = [s for s in plan.changed_services if s not in start_first]
+                    self.compose.up(stop_first[:1], pull="never")
                     failpoint("during-apply")
-                    self.compose.up(plan.changed_services[1:], pull="never")
+                    self.compose.up(stop_first[1:], pull="never")
+                    sf_changed = [s for s in plan.changed_services if s in start_first]
+                    if sf_changed:
+                        scale = {s: self._start_first_scale(
+                            observed.get(s, ()), target[s].digest, compose_services[s])
+                            for s in sf_changed}
+                        log.info("agent.apply.start_first", services=sf_changed, scale=scale,
+                                 message="new containers start beside the old ones")
+                        self.compose.up(sf_changed, pull="never", scale=scale, no_recreate=True)
+                        failpoint("during-apply")
                     log.info("agent.apply.done", services=plan.changed_services)
         except ComposeError as e:
             log.error("agent.apply.failed", command=" ".join(e.command[-6:]),
                       exit_code=e.returncode, stderr=e.stderr.strip()[-500:])
             return self._rollback(state, plan, previous, f"docker compose up failed: {e}",
-                                  phases, e)
+                                  phases, e, start_first)
 
         if not touched:
             return self._finish_success(state, plan, target)
@@ -327,8 +353,51 @@ class Reconciler:
         with phases.timed("health"):
             verdict = self._wait_healthy(touched, target)
         if verdict is not None:
-            return self._rollback(state, plan, previous, verdict, phases, ReleaseFailed(verdict))
+            return self._rollback(state, plan, previous, verdict, phases, ReleaseFailed(verdict),
+                                  start_first)
+        if start_first:
+            self._retire_old(sorted(start_first), target)
         return self._finish_success(state, plan, target)
+
+    # ================================================================== start-first
+    @staticmethod
+    def _start_first_scale(
+        containers: Sequence[ObservedContainer], digest: str, compose_service: Mapping[str, Any]
+    ) -> int:
+        """Total containers to ask compose for so that ``declared`` run the new digest while
+        every existing one stays (``--no-recreate``)."""
+        at_target = [c for c in containers if c.digest == digest and c.status == "running"]
+        return len(containers) + max(0, declared_scale(compose_service) - len(at_target))
+
+    def _retire_old(self, services: Sequence[str], target: Mapping[str, ImageDigest]) -> None:
+        """The new containers are healthy: stop the old ones gracefully and remove them."""
+        observed = self.engine.observe(self.cfg.compose.name)
+        for s in services:
+            for c in observed.get(s, ()):
+                if c.digest != target[s].digest:
+                    log.info("agent.apply.retiring", service=s, container=c.name,
+                             digest=c.digest)
+                    self.engine.stop_and_remove(c.container_id)
+
+    def _withdraw_new(
+        self, services: Sequence[str], target: Mapping[str, ImageDigest]
+    ) -> list[str]:
+        """A start-first release failed: remove its new containers. Returns the services
+        handled (their old containers never stopped); the others need a regular rollback."""
+        observed = self.engine.observe(self.cfg.compose.name)
+        handled = []
+        for s in services:
+            cs = observed.get(s, ())
+            old = [c for c in cs if c.digest != target[s].digest and c.status == "running"]
+            if not old:
+                continue
+            for c in cs:
+                if c.digest == target[s].digest:
+                    self.engine.stop_and_remove(c.container_id)
+            log.info("agent.rollback.start_first", service=s, kept=[c.name for c in old],
+                     message="new container removed; the old one never stopped")
+            handled.append(s)
+        return handled
 
     # ================================================================== steps
     def _noop(
@@ -419,6 +488,7 @@ class Reconciler:
         reason: str,
         phases: _Phases,
         error: AgentError,
+        start_first: set[str] | None = None,
     ) -> PassResult:
         log.error("agent.release.failed", revision=plan.revision, reason=reason,
                   services=plan.changed_services + plan.unverified)
@@ -434,6 +504,11 @@ class Reconciler:
         with phases.timed("rollback"):
             try:
                 self._write_override(pins)
+                if start_first:
+                    for s in self._withdraw_new(sorted(start_first), plan.target):
+                        back.pop(s, None)
+                        if s in remove:
+                            remove.remove(s)
                 if back:
                     log.info("agent.rollback.started",
                              services={n: d.digest for n, d in back.items()})

@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +109,28 @@ class Compose:
         return services
 
     # ------------------------------------------------------------------ act
-    def up(self, services: Sequence[str], *, pull: str = "never") -> None:
-        """Create or recreate ``services`` only (no dependencies), never building."""
+    def up(
+        self,
+        services: Sequence[str],
+        *,
+        pull: str = "never",
+        scale: Mapping[str, int] | None = None,
+        no_recreate: bool = False,
+    ) -> None:
+        """Create or recreate ``services`` only (no dependencies), never building.
+
+        With ``no_recreate`` and ``scale``, existing containers are left as they are and
+        new ones (from the current model, i.e. the new digest) are added beside them:
+        the first half of a start-first update.
+        """
         if not services:
             return
-        self._run([*self._base(), "up", "--detach", "--no-deps", "--no-build",
-                   "--pull", pull, *services])
+        args = [*self._base(), "up", "--detach", "--no-deps", "--no-build", "--pull", pull]
+        if no_recreate:
+            args.append("--no-recreate")
+        for name, n in sorted((scale or {}).items()):
+            args += ["--scale", f"{name}={n}"]
+        self._run([*args, *services])
 
     def remove(self, services: Sequence[str]) -> None:
         """Stop and remove the containers of ``services`` (a service that had no previous

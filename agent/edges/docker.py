@@ -8,9 +8,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import docker
+import docker.auth
 import docker.errors
 import requests.exceptions
 import structlog
+import urllib3.exceptions
 
 from agent.errors import (
     DockerUnavailable,
@@ -72,9 +74,18 @@ class DockerEngine:
     """Thin wrapper over the docker SDK. One API client, safe to share between threads for
     the read-only calls the agent makes concurrently (pulls)."""
 
-    def __init__(self, client: docker.DockerClient | None = None, timeout: float = 120) -> None:
+    def __init__(
+        self,
+        client: docker.DockerClient | None = None,
+        timeout: float = 120,
+        pull_stall_timeout: float = 120,
+    ) -> None:
         self._client = client
         self._timeout = timeout
+        # A pull that shows no progress for this long is given up (docker-py's own pull
+        # waits forever, and the engine has no timeout on a registry that accepts a
+        # request and never answers it).
+        self._pull_stall_timeout = pull_stall_timeout
         self._lock = threading.Lock()
 
     @property
@@ -159,6 +170,17 @@ class DockerEngine:
             health_output=output[-300:],
         )
 
+    def stop_and_remove(self, container_id: str) -> None:
+        """Stop gracefully — the container's own stop signal and grace period (compose's
+        ``stop_signal`` / ``stop_grace_period``) — then remove it (anonymous volumes kept
+        out of it: named volumes are never touched)."""
+        with self._api("stop"):
+            try:
+                self.client.api.stop(container_id)
+                self.client.api.remove_container(container_id)
+            except docker.errors.NotFound:
+                pass
+
     # ------------------------------------------------------------------ images
     def has_image(self, image: str, digest: str) -> bool:
         """The image is local *and* carries the manifest digest asked for."""
@@ -180,17 +202,53 @@ class DockerEngine:
         registry = registry_of(image)
         ref = f"{image}@{digest}"
         try:
-            with self._api("pull"):
-                stream = self.client.api.pull(
-                    image, tag=digest, stream=True, decode=True, auth_config=auth
-                )
-                for chunk in stream:
-                    if "error" in chunk:
-                        detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
-                        raise classify_pull_error(registry, ref, str(detail))
+            for chunk in self._pull_stream(image, digest, auth):
+                if "error" in chunk:
+                    detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
+                    raise classify_pull_error(registry, ref, str(detail))
         except docker.errors.APIError as e:
             raise classify_pull_error(registry, ref, str(e.explanation or e)) from None
-        except requests.exceptions.ChunkedEncodingError as e:
-            raise RegistryUnavailable(registry, ref, f"connection dropped: {e}") from None
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
+            # The stream stalled or broke: a registry that stopped answering, or the engine
+            # itself going away. Ask the engine which.
+            if not self._engine_answers():
+                raise DockerUnavailable(
+                    f"Docker engine not reachable during pull of {ref}: {e}") from None
+            stalled = isinstance(e, requests.exceptions.Timeout | urllib3.exceptions.TimeoutError)
+            if not stalled and isinstance(e, requests.exceptions.ConnectionError):
+                stalled = isinstance(e.args[0] if e.args else None,
+                                     urllib3.exceptions.ReadTimeoutError)
+            why = (f"no progress for {self._pull_stall_timeout:g}s "
+                   "(the registry accepts connections but does not answer)"
+                   if stalled else f"connection dropped: {e}")
+            raise RegistryUnavailable(registry, ref, why) from None
         if not self.has_image(image, digest):
             raise RegistryUnavailable(registry, ref, "pull finished but the image is not local")
+
+    def _pull_stream(
+        self, image: str, digest: str, auth: dict[str, str] | None
+    ) -> Iterator[dict[str, Any]]:
+        """``APIClient.pull`` with a read timeout: docker-py passes ``timeout=None`` for
+        pulls, so a stalled registry would block the pass forever."""
+        api: Any = self.client.api  # the private helpers of docker-py's APIClient
+        headers: dict[str, Any] = {}
+        if auth is None:
+            header = docker.auth.get_config_header(api, docker.auth.resolve_repository_name(
+                image)[0])
+            if header:
+                headers["X-Registry-Auth"] = header
+        else:
+            headers["X-Registry-Auth"] = docker.auth.encode_header(auth)
+        response = api._post(
+            api._url("/images/create"), params={"fromImage": image, "tag": digest},
+            headers=headers, stream=True, timeout=self._pull_stall_timeout,
+        )
+        api._raise_for_status(response)
+        stream: Iterator[dict[str, Any]] = api._stream_helper(response, decode=True)
+        return stream
+
+    def _engine_answers(self) -> bool:
+        try:
+            return bool(self.client.api.ping())
+        except Exception:  # noqa: BLE001 - any failure means "not answering"
+            return False
