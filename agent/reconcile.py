@@ -371,6 +371,10 @@ class Reconciler:
 
     def _retire_old(self, services: Sequence[str], target: Mapping[str, ImageDigest]) -> None:
         """The new containers are healthy: stop the old ones gracefully and remove them."""
+        if self.cfg.agent.handover_seconds > 0:
+            log.info("agent.apply.handover", services=list(services),
+                     seconds=self.cfg.agent.handover_seconds)
+            time.sleep(self.cfg.agent.handover_seconds)
         observed = self.engine.observe(self.cfg.compose.name)
         for s in services:
             for c in observed.get(s, ()):

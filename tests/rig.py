@@ -130,28 +130,32 @@ SERVE = """\
 trap 'exit 0' TERM INT
 mkdir -p /www
 echo "$VERSION_TEXT" > /www/index.html
+# /health answers once the service is "ready" (after HEALTH_DELAY), never with NO_HEALTH
+if [ -z "$NO_HEALTH" ]; then (sleep "${HEALTH_DELAY:-0}"; echo ok > /www/health) & fi
 httpd -f -p 8080 -h /www &
 wait $!
 """
 
-VARIANTS: dict[str, tuple[str, str | None]] = {
-    # name: (entrypoint script body, HEALTHCHECK line or None)
+VARIANTS: dict[str, tuple[str, str | None, dict[str, str]]] = {
+    # name: (entrypoint script, HEALTHCHECK line or None, environment)
     "healthy": (SERVE, 'HEALTHCHECK --interval=500ms --timeout=2s --retries=2 '
-                'CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]'),
-    "nohealth": (SERVE, None),
+                'CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"]', {}),
+    "nohealth": (SERVE, None, {}),
     "unhealthy": (SERVE, 'HEALTHCHECK --interval=500ms --timeout=2s --retries=1 '
-                  'CMD ["sh", "-c", "echo health endpoint says 503; exit 1"]'),
-    "crash": ("#!/bin/sh\necho 'fatal: cannot start' >&2\nexit 3\n", None),
-    "exit0": ("#!/bin/sh\necho done\nexit 0\n", None),
-    # healthy only once /www/ready exists, created SLOW_SECONDS after start
-    "slow": (SERVE.replace("httpd -f", "(sleep ${SLOW_SECONDS:-3}; touch /www/ready) &\nhttpd -f"),
-             'HEALTHCHECK --interval=500ms --timeout=2s --retries=100 '
-             'CMD ["sh", "-c", "test -f /www/ready && wget -q -O /dev/null http://127.0.0.1:8080/"]'),
+                  'CMD ["sh", "-c", "echo health endpoint says 503; exit 1"]',
+                  {"NO_HEALTH": "1"}),
+    "crash": ("#!/bin/sh\necho 'fatal: cannot start' >&2\nexit 3\n", None, {}),
+    "exit0": ("#!/bin/sh\necho done\nexit 0\n", None, {}),
+    # healthy only once /health exists, HEALTH_DELAY seconds after start
+    "slow": (SERVE, 'HEALTHCHECK --interval=500ms --timeout=2s --retries=100 '
+             'CMD ["wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/health"]',
+             {"HEALTH_DELAY": "3"}),
 }
 
 
 def build_context(dest: Path, variant: str, version: str, env: dict[str, str] | None = None) -> Path:
-    script, healthcheck = VARIANTS[variant]
+    script, healthcheck, variant_env = VARIANTS[variant]
+    env = {**variant_env, **(env or {})}
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(busybox_path(), dest / "busybox")
     (dest / "entrypoint.sh").write_text(script)
@@ -164,7 +168,7 @@ def build_context(dest: Path, variant: str, version: str, env: dict[str, str] | 
         f'ENV VERSION_TEXT="{version}"',
         f'LABEL org.opencontainers.image.version="{version}"',
     ]
-    for k, v in (env or {}).items():
+    for k, v in env.items():
         lines.append(f'ENV {k}="{v}"')
     if healthcheck:
         lines.append(healthcheck)
@@ -261,6 +265,7 @@ class Project:
     repo: GitRepo
     managed: tuple[str, ...] = ("web", "api")
     settle: float = 1.0
+    handover: float = 0.0
     health_timeout: float = 20.0
     extra_config: str = ""
     compose_text: str | None = None
@@ -315,6 +320,7 @@ class Project:
             jitter_seconds = 0
             health_timeout_seconds = {self.health_timeout}
             settle_seconds = {self.settle}
+            handover_seconds = {self.handover}
             state_dir = "{self.state_dir}"
             """) + self.extra_config)
         return self

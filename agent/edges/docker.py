@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,9 +36,9 @@ _AUTH_MARKERS = (
     "no basic auth credentials",
     "denied",
     "forbidden",
-    "401",
-    "403",
 )
+# status codes as whole words only: a digest's hex or a port number may contain "401"
+_AUTH_CODES = re.compile(r"\b40[13]\b")
 _NOT_FOUND_MARKERS = ("manifest unknown", "not found", "manifest for", "does not exist")
 
 
@@ -62,7 +63,8 @@ def split_ref(ref: str) -> tuple[str, str | None]:
 def classify_pull_error(registry: str, reference: str, message: str) -> Exception:
     msg = redact_text(" ".join(message.split()))
     low = msg.lower()
-    if any(m in low for m in _AUTH_MARKERS) and "connection refused" not in low:
+    if (any(m in low for m in _AUTH_MARKERS) or _AUTH_CODES.search(low)) \
+            and "connection refused" not in low:
         return RegistryAuthError(registry, reference, msg)
     if "manifest unknown" in low or ("not found" in low and "dial tcp" not in low
                                      and "no such host" not in low):

@@ -64,6 +64,8 @@ def _version() -> str:
 USER_AGENT = f"gitops-agent/{_version()}"
 # GitHub's advice for a secondary rate limit or a 429 that does not say how long to wait.
 DEFAULT_RATE_LIMIT_WAIT = 60.0
+# GitHub's primary window is an hour: a longer wait means our clock is off, not GitHub's.
+MAX_RATE_LIMIT_WAIT = 3600.0
 
 
 class RateLimited(SourceUnavailable):
@@ -111,6 +113,8 @@ class GitHubSource:
         self._content: bytes | None = None
         self._trust_error: str | None = None
         self._blocked_until = 0.0  # epoch before which nothing is sent (rate limit)
+        # (etag, sha) of a head without the file: not asked for again while it stays the head
+        self._missing: tuple[str | None, str] | None = None
         self._load_cache()
 
     @classmethod
@@ -146,11 +150,16 @@ class GitHubSource:
             raise RateLimited(self._rate_limited_message(wait), retry_after_seconds=wait)
 
         headers = {"Accept": "application/vnd.github.sha"}
-        if self._etag is not None and self._sha is not None and self._content is not None:
+        if self._missing is not None and self._missing[0] is not None:
+            # the head had no file: ask whether it is still that head
+            headers["If-None-Match"] = self._missing[0]
+        elif self._etag is not None and self._sha is not None and self._content is not None:
             headers["If-None-Match"] = self._etag
         resp = self._get(self._repo_url(f"commits/{quote(self.branch, safe='/')}"), headers,
                          what=f"the head of branch {self.branch!r}")
-        if resp.status_code == 304 and self._sha is not None and self._content is not None:
+        if resp.status_code == 304 and "If-None-Match" in headers:
+            if self._missing is not None:
+                raise self._no_file(self._missing[1])
             return self._cached()
         if resp.status_code != 200:
             raise self._error(resp, what="head")
@@ -163,6 +172,10 @@ class GitHubSource:
             )
         etag = resp.headers.get("ETag")
 
+        if self._missing is not None and sha == self._missing[1]:
+            self._missing = (etag, sha)
+            raise self._no_file(sha)
+        self._missing = None
         if sha == self._sha and self._content is not None:
             # the ETag changed but the head did not: nothing more to fetch
             if etag != self._etag:
@@ -171,7 +184,11 @@ class GitHubSource:
             return self._cached()
 
         trust_error = self._check_verified(sha) if self.require_verified else None
-        content = self._fetch_content(sha)
+        try:
+            content = self._fetch_content(sha)
+        except DesiredStateError:
+            self._missing = (etag, sha)  # one conditional request per poll while it stays
+            raise
         self._etag, self._sha, self._content, self._trust_error = etag, sha, content, trust_error
         self._save_cache()
         return self._cached()
@@ -205,12 +222,15 @@ class GitHubSource:
         resp = self._get(url, {"Accept": "application/vnd.github.raw"},
                          what=f"{self.path} at {sha[:12]}", params={"ref": sha})
         if resp.status_code == 404:
-            raise DesiredStateError(
-                f"{self.path}@{sha[:12]}", [f"no file {self.path!r} at revision {sha[:12]}"]
-            )
+            raise self._no_file(sha)
         if resp.status_code != 200:
             raise self._error(resp, what="contents")
         return resp.content
+
+    def _no_file(self, sha: str) -> DesiredStateError:
+        return DesiredStateError(
+            f"{self.path}@{sha[:12]}", [f"no file {self.path!r} at revision {sha[:12]}"]
+        )
 
     # ------------------------------------------------------------------ HTTP
     def _repo_url(self, rest: str) -> str:
@@ -267,6 +287,7 @@ class GitHubSource:
             reason = "secondary rate limit"
         if wait is None:
             return  # a plain 403: a permission problem, reported by _error
+        wait = min(wait, MAX_RATE_LIMIT_WAIT)
         self._blocked_until = now + wait
         self._save_cache()
         log.warning(

@@ -1,0 +1,160 @@
+"""A real reverse proxy in front of a test service, and a loopback load client.
+
+The proxy is Debian's HAProxy 2.6 (the host's package), copied with its shared libraries
+into a FROM-scratch image. It discovers the service's containers through Docker's embedded
+DNS (``server-template`` + ``resolvers``) and checks their health itself (``/health``), as
+traefik does with Docker health: a container that is not healthy never gets traffic.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import requests
+
+HAPROXY = "/usr/sbin/haproxy"
+IMAGE = "gitops-agent-test/haproxy:local"
+
+HAPROXY_CFG = """\
+global
+    log stdout format raw local0 warning
+defaults
+    mode http
+    log global
+    timeout connect 300ms
+    timeout client 10s
+    timeout server 10s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response response-timeout
+resolvers docker
+    nameserver dns 127.0.0.11:53
+    resolve_retries 3
+    timeout resolve 200ms
+    timeout retry 200ms
+    hold valid 500ms
+    hold other 500ms
+    hold refused 500ms
+    hold nx 500ms
+    hold timeout 500ms
+    hold obsolete 500ms
+frontend fe
+    bind :8000
+    default_backend be
+backend be
+    option httpchk GET /health
+    http-check expect status 200
+    default-server inter 200ms fall 1 rise 2 check resolvers docker init-addr none
+    server-template app 4 {service}:8080
+"""
+
+
+def build_proxy_image(client: docker.DockerClient, workdir: Path) -> str:
+    """Build (once) the HAProxy image from the host's binary and its libraries."""
+    try:
+        client.images.get(IMAGE)
+        return IMAGE
+    except docker.errors.ImageNotFound:
+        pass
+    if not Path(HAPROXY).exists():
+        raise RuntimeError("the proxy test needs Debian's haproxy (apt-get install haproxy)")
+    ctx = workdir / "haproxy-ctx"
+    ctx.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["ldd", HAPROXY], capture_output=True, text=True, check=True).stdout
+    files = [HAPROXY]
+    for line in out.splitlines():
+        parts = line.split("=>")
+        path = (parts[1] if len(parts) > 1 else parts[0]).strip().split(" (")[0].strip()
+        if path.startswith("/"):
+            files.append(path)
+    lines = ["FROM scratch"]
+    for i, f in enumerate(files):
+        real = Path(f).resolve()
+        name = f"f{i}"
+        shutil.copy(real, ctx / name)
+        lines.append(f"COPY {name} {f}")
+    lines += ['ENTRYPOINT ["/usr/sbin/haproxy", "-db", "-f", "/cfg/haproxy.cfg"]']
+    (ctx / "Dockerfile").write_text("\n".join(lines) + "\n")
+    client.images.build(path=str(ctx), tag=IMAGE, rm=True)
+    return IMAGE
+
+
+def proxy_service_yaml(port: int, cfg_path: Path) -> str:
+    return textwrap.indent(textwrap.dedent(f"""\
+        proxy:
+          image: {IMAGE}
+          ports: ["127.0.0.1:{port}:8000"]
+          volumes: ["{cfg_path}:/cfg/haproxy.cfg:ro"]
+          stop_grace_period: 1s
+        """), "  ")
+
+
+@dataclass
+class LoadReport:
+    sent: int = 0
+    failed: int = 0
+    slowest: float = 0.0
+    bodies: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class LoadClient:
+    """~``rate`` requests per second to the proxy from loopback, until stopped."""
+
+    def __init__(self, url: str, rate: float = 50, timeout: float = 5) -> None:
+        self.url, self.interval, self.timeout = url, 1 / rate, timeout
+        self.report = LoadReport()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        session = requests.Session()
+        next_at = time.monotonic()
+        deadline = time.monotonic() + 300  # bounded, whatever happens
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            t0 = time.monotonic()
+            try:
+                r = session.get(self.url, timeout=self.timeout)
+                ok = r.status_code == 200
+                key = r.text.strip() if ok else f"HTTP {r.status_code}"
+            except requests.RequestException as e:
+                ok, key = False, type(e).__name__
+            took = time.monotonic() - t0
+            rep = self.report
+            rep.sent += 1
+            rep.slowest = max(rep.slowest, took)
+            if ok:
+                rep.bodies[key] = rep.bodies.get(key, 0) + 1
+            else:
+                rep.failed += 1
+                rep.errors[key] = rep.errors.get(key, 0) + 1
+            next_at += self.interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self) -> LoadClient:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def wait_serving(url: str, body: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = requests.get(url, timeout=2)
+            if r.status_code == 200 and r.text.strip() == body:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never answered {body!r}")
