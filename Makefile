@@ -17,7 +17,7 @@ rig:
 	scripts/rig-up
 
 lint: venv
-	$(BIN)/ruff check agent tests bench scripts
+	$(BIN)/ruff check agent tests bench scripts scripts/release-local
 	$(BIN)/mypy
 
 test: rig venv lint

@@ -394,10 +394,10 @@ def add_bump_parser(sub: Any) -> None:
         "bump",
         help="set services' digests in desired-state.yml (keeps comments and layout)",
         description=(
-            "Set one or more services' digests in desired-state.yml, in place, keeping "
-            "comments, key order and formatting. Several services in one call: repeat the "
-            "group '--service NAME --digest DIGEST [--tag TAG] [--image REPO]'; each "
-            "--service starts a new group and the options after it apply to it. The call "
+            "Set one or more services' digests in desired-state.yml, in place, keeping\n"
+            "comments, key order and formatting. Several services in one call: repeat the\n"
+            "group '--service NAME --digest DIGEST [--tag TAG] [--image REPO]'; each\n"
+            "--service starts a new group and the options after it apply to it. The call\n"
             "is all or nothing. Bumping to the digest already there changes nothing."
         ),
         epilog=(
@@ -406,9 +406,9 @@ def add_bump_parser(sub: Any) -> None:
             "  gitops-agent bump deploy/desired-state.yml \\\n"
             "      --service api --digest sha256:<64 hex> \\\n"
             "      --service worker --digest sha256:<64 hex> --image ghcr.io/acme/shop/worker\n"
-            "exit codes: 0 bumped or already there, 1 refused (pinned service without "
-            "--force or --skip-pinned) or unwritable, 2 invalid (malformed digest, unknown service without "
-            "--image, invalid file)"
+            "exit codes: 0 bumped or already there; 1 refused (pinned service without\n"
+            "--force or --skip-pinned) or unwritable; 2 invalid (malformed digest, unknown\n"
+            "service without --image, invalid file or arguments)"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -186,13 +186,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _compose_services_of(path: Path) -> set[str]:
     """Service names of a compose file, read as YAML (no Docker needed, as in CI)."""
-    from agent.desired import load_yaml
-    from agent.errors import ComposeFileError, DesiredStateError
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    from agent.errors import ComposeFileError
 
     try:
-        doc = load_yaml(path.read_bytes(), str(path))
-    except (OSError, DesiredStateError) as e:
-        raise ComposeFileError(str(path), [str(e)]) from None
+        data = path.read_bytes()
+        if len(data) > 4 * 1024 * 1024:
+            raise ComposeFileError(str(path), ["compose file larger than 4 MiB"])
+        # compose files may use anchors/aliases (x-common: &common); the repo's own
+        # files are trusted here as compose itself trusts them
+        doc = YAML(typ="safe", pure=True).load(data)
+    except OSError as e:
+        raise ComposeFileError(str(path), [f"cannot read: {e.strerror}"]) from None
+    except YAMLError as e:
+        raise ComposeFileError(str(path), [f"not valid YAML: {' '.join(str(e).split())}"]) from None
     services = doc.get("services") if isinstance(doc, dict) else None
     if not isinstance(services, dict):
         raise ComposeFileError(str(path), ["At 'services': no services mapping"])

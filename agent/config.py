@@ -95,11 +95,6 @@ class TrustConfig(_Strict):
     require_signed_commits: bool = False
     allowed_signers_file: Path | None = None
 
-    @model_validator(mode="after")
-    def _signers(self) -> TrustConfig:
-        if self.require_signed_commits and self.allowed_signers_file is None:
-            raise ValueError("require_signed_commits needs allowed_signers_file")
-        return self
 
 
 class AgentConfig(_Strict):
@@ -108,6 +103,18 @@ class AgentConfig(_Strict):
     agent: AgentSection = AgentSection()
     registry: dict[str, RegistryCredentials] = Field(default_factory=dict)
     trust: TrustConfig = TrustConfig()
+
+    @model_validator(mode="after")
+    def _signers(self) -> AgentConfig:
+        # the git kind verifies SSH signatures itself; the github kind trusts GitHub's
+        # own verification and needs no signers file
+        if (self.trust.require_signed_commits and self.source.kind == "git"
+                and self.trust.allowed_signers_file is None):
+            raise ValueError(
+                "trust.require_signed_commits with the git source needs "
+                "trust.allowed_signers_file"
+            )
+        return self
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

@@ -62,7 +62,7 @@ def images(registry, docker_client, session_dir: Path) -> dict[str, str]:  # typ
         out[key] = rig.build_and_push(docker_client, host, repo, tag, variant, version,
                                       session_dir / "ctx")
     # Forget the local copies: the agent must pull them from the registry for real.
-    for key, (repo, tag, _, _) in specs.items():
+    for repo, tag, _, _ in specs.values():
         rig.remove_local_image(docker_client, f"{host}/{repo}:{tag}")
     return out
 

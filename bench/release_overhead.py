@@ -1,0 +1,117 @@
+"""Issue 7, item 1 — release overhead: the agent vs plain compose on the same digest change.
+
+One compose project (``web``: healthy busybox httpd with a 500 ms HEALTHCHECK; ``api``: no
+healthcheck, unchanged). Each measurement moves ``web`` to the other of two digests, the
+target image removed from the engine first, in both arms:
+
+  (a) agent: commit desired-state.yml, then ``gitops-agent sync`` (a fresh process, as cron or
+      a person runs it) — wall time of the command;
+  (b) by hand: pin the digest in a compose override, then ``docker compose pull`` +
+      ``docker compose up -d --wait`` (``--wait`` waits for the healthcheck too).
+
+Pairs alternate which arm goes first. Prints the median a/b ratio of the pairs (target
+≤ 1.05) and the agent's time by phase (from the pass record it writes to its history).
+
+    .venv/bin/python bench/release_overhead.py [--quick] [--pairs N]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Bench, base_args, log, median, print_table, remove_images, write_results
+
+PHASES = ("fetch", "validate", "observe", "pull", "apply", "health")
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = base_args(__doc__ or "")
+    ap.add_argument("--pairs", type=int, default=None)
+    args = ap.parse_args(argv)
+    pairs = args.pairs or (2 if args.quick else 7)
+
+    with Bench("release") as b:
+        log("building images")
+        web = {"v1": b.image("bench/web", "v1", "healthy"),
+               "v2": b.image("bench/web", "v2", "healthy")}
+        api = b.image("bench/api", "v1", "nohealth")
+        st = b.stack("benchrel", {"web": "bench/web", "api": "bench/api"}, settle=1.0)
+        # initial release, untimed
+        st.commit({"web": web["v1"], "api": api})
+        st.sync()
+        st.hand_pin({"web": web["v1"], "api": api})
+        current = "v1"
+
+        rows: list[dict[str, Any]] = []
+        for i in range(pairs):
+            order = ("agent", "hand") if i % 2 == 0 else ("hand", "agent")
+            pair: dict[str, Any] = {"pair": i, "order": "/".join(order)}
+            for arm in order:
+                target = "v2" if current == "v1" else "v1"
+                remove_images(b.client, [st.ref("web", web[target])])
+                before = st.container_ids()
+                if arm == "agent":
+                    st.commit({"web": web[target], "api": api}, f"web {target}")
+                    t, rec = st.sync()
+                    pair["agent"] = t.seconds
+                    pair["agent_pass"] = rec["duration_seconds"]
+                    pair["phases"] = rec.get("phases", {})
+                    st.hand_pin({"web": web[target], "api": api})  # keep the hand pins in step
+                else:
+                    h = st.hand_release({"web": web[target], "api": api})
+                    pair["hand"] = h["total"]
+                    pair["hand_pull"] = h["pull"]
+                    pair["hand_up"] = h["up_wait"]
+                after = st.container_ids()
+                pair[f"{arm}_touched"] = sum(1 for s in after if after[s] != before.get(s))
+                if not st.all_healthy({"web": web[target], "api": api}):
+                    raise RuntimeError(f"{arm}: not running {target} healthy after the release")
+                current = target
+            pair["ratio"] = pair["agent"] / pair["hand"]
+            log(f"pair {i}: agent {pair['agent']:.3f}s  hand {pair['hand']:.3f}s  "
+                f"ratio {pair['ratio']:.3f}  phases {pair['phases']}")
+            rows.append(pair)
+
+    ph = {p: median(r["phases"].get(p, 0.0) for r in rows) for p in PHASES}
+    res: dict[str, Any] = {
+        "pairs": rows,
+        "median_agent_s": median(r["agent"] for r in rows),
+        "median_agent_pass_s": median(r["agent_pass"] for r in rows),
+        "median_hand_s": median(r["hand"] for r in rows),
+        "median_hand_pull_s": median(r["hand_pull"] for r in rows),
+        "median_hand_up_wait_s": median(r["hand_up"] for r in rows),
+        "median_ratio": median(r["ratio"] for r in rows),
+        "median_phases_s": ph,
+        "median_process_overhead_s": median(r["agent"] - r["agent_pass"] for r in rows),
+        "median_unphased_in_pass_s": median(
+            r["agent_pass"] - sum(r["phases"].values()) for r in rows),
+        "agent_touched": sorted({r["agent_touched"] for r in rows}),
+        "hand_touched": sorted({r["hand_touched"] for r in rows}),
+        "target_ratio": 1.05,
+    }
+    res["target_met"] = res["median_ratio"] <= 1.05
+    print("\n== release overhead (item 1): same digest change, agent vs plain compose ==")
+    print(print_table(
+        [[str(r["pair"]), r["order"], f"{r['agent']:.3f}", f"{r['hand']:.3f}",
+          f"{r['ratio']:.3f}"] for r in rows],
+        ["pair", "order", "agent sync (s)", "pull+up --wait (s)", "a/b"]))
+    print(f"median a/b ratio: {res['median_ratio']:.3f}  (target <= 1.05: "
+          f"{'met' if res['target_met'] else 'MISSED'})")
+    print(f"median agent sync {res['median_agent_s']:.3f}s = process start/exit "
+          f"{res['median_process_overhead_s']:.3f}s + pass {res['median_agent_pass_s']:.3f}s")
+    print("  pass by phase (median s): " + ", ".join(f"{p} {ph[p]:.3f}" for p in PHASES)
+          + f", unphased (state writes, record) {res['median_unphased_in_pass_s']:.3f}")
+    print(f"median plain compose {res['median_hand_s']:.3f}s = pull "
+          f"{res['median_hand_pull_s']:.3f}s + up --wait {res['median_hand_up_wait_s']:.3f}s")
+    print(f"containers recreated per release: agent {res['agent_touched']}, "
+          f"compose {res['hand_touched']}")
+    write_results("release_overhead", res, args.json)
+    return res
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Fault: the agent is SIGKILLed at each phase of a pass, then started again. It converges
+without manual help: the release lands (or, killed during a rollback, the rollback does),
+no unreleased mix remains, the web volume's data survives, and a third pass is quiet."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+import rig
+from faultkit import (
+    AgentProc,
+    assert_marker,
+    assert_released_set,
+    digests,
+    push_big_image,
+    registry_proxy,
+)
+
+
+@pytest.mark.parametrize("point", [
+    "after-fetch", "after-pull", "during-apply", "after-apply", "during-health",
+])
+def test_killed_at_a_phase_of_a_good_release_converges_on_restart(deployed, point):
+    h, marker = deployed
+    h.release(web="web-v2", api="api-v2")
+    p = h.cli_subprocess("sync", env={"GITOPS_AGENT_FAILPOINTS": point})
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    r = h.sync()
+    if point not in ("after-fetch", "after-pull"):
+        assert "agent.recover.in_flight" in r.events(), point
+    assert r.code == 0, r.summary()
+    assert r.summary()["outcome"] == "applied"
+    assert_released_set(h, digests(h, web="web-v2", api="api-v2"))
+    assert_marker(h, marker)
+    st = h.state()
+    assert st["in_flight"] is None and st["failed_revisions"] == {}
+    r = h.sync()
+    assert (r.code, r.summary()["outcome"]) == (0, "no-op")
+
+
+def test_killed_during_rollback_converges_to_the_previous_release(deployed):
+    h, marker = deployed
+    rev = h.release(web="web-bad", api="api-v2")
+    p = h.cli_subprocess("sync", env={"GITOPS_AGENT_FAILPOINTS": "during-rollback"})
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert h.state()["in_flight"]["phase"] == "rollback"
+    r = h.sync()
+    assert "agent.recover.in_flight" in r.events()
+    assert_released_set(h, digests(h, web="web-v1", api="api-v1"))
+    assert_marker(h, marker)
+    st = h.state()
+    assert st["in_flight"] is None
+    assert rev in st["failed_revisions"]
+    before = h.container_ids()
+    r = h.sync()
+    assert r.summary()["outcome"] == "skipped" and h.container_ids() == before
+
+
+def test_killed_from_outside_while_pulling_converges_on_restart(
+        deployed, registry, docker_client, tmp_path):
+    """A throttled proxy makes the pull of a 3 MB layer take seconds; the agent is killed
+    in the middle of it. The next run pulls again (the engine keeps nothing half-written
+    that the digest check would accept) and releases."""
+    h, marker = deployed
+    big = push_big_image(docker_client, registry.host, "e2e/web", "slowpull", "web slowpull",
+                         tmp_path)
+    with registry_proxy(registry.host, bytes_per_second=600 * 1024) as proxy:
+        h.commit(rig.desired_yaml({"web": (f"{proxy.host}/e2e/web", big),
+                                   "api": (h.image("api"), h.images["api-v2"])}))
+        before = h.container_ids()
+        agent = AgentProc(h, "sync")
+        agent.wait_event("agent.pull.started")
+        deadline_bytes = [q for q in proxy.requests if "/blobs/" in q]
+        import time
+        t0 = time.monotonic()
+        while not any("/blobs/" in q for q in proxy.requests) and time.monotonic() - t0 < 20:
+            time.sleep(0.1)
+        time.sleep(1.0)  # mid-download
+        assert agent.kill() == -signal.SIGKILL
+        assert "agent.pull.done" not in [e["event"] for e in agent.lines], deadline_bytes
+        assert h.container_ids() == before  # nothing touched before the kill
+        r = h.sync()
+    assert r.code == 0, r.summary()
+    assert_released_set(h, {"web": big, "api": h.images["api-v2"]})
+    assert_marker(h, marker)

@@ -1,0 +1,394 @@
+"""A fake GitHub REST API on 127.0.0.1 for the GitHub source's tests and benchmarks.
+
+A real HTTP server (``ThreadingHTTPServer`` in a thread, HTTP/1.1 keep-alive, a free port)
+answering the endpoints the agent uses, with real ETag / 304 semantics:
+
+* ``GET {prefix}/repos/{owner}/{name}/commits/{ref}``: with ``Accept:
+  application/vnd.github.sha`` the SHA as text, else JSON with ``commit.verification``.
+  ``ETag`` is derived from the head SHA (and the media type); a matching ``If-None-Match``
+  is answered 304. An unknown ref is a 422, an unknown repository a 404.
+* ``GET {prefix}/repos/{owner}/{name}/contents/{path}?ref={sha}``: with ``Accept:
+  application/vnd.github.raw`` the raw bytes, else the JSON with base64 content; 404 when
+  the file does not exist at that ref.
+
+Modes: rate limiting (403 + ``x-ratelimit-remaining: 0`` + ``x-ratelimit-reset``, or 429 +
+``retry-after``), 5xx, a required token (401 otherwise), and redirecting the contents request
+to another base URL. Every request is logged (method, path, query, headers).
+
+Usage::
+
+    with FakeGitHub(repo="acme/shop") as gh:
+        sha = gh.commit({"desired-state.yml": b"..."})    # the new branch head
+        ... GitHubSource("acme/shop", "main", "desired-state.yml", api_url=gh.api_url, ...)
+        assert gh.count("commits") == 1
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+
+@dataclass
+class LoggedRequest:
+    method: str
+    path: str  # without the query string and without the server's prefix
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-cased names
+    status: int = 0  # the status answered (0 while being answered)
+
+    @property
+    def endpoint(self) -> str:
+        """``commits``, ``contents`` or ``other``."""
+        parts = self.path.split("/")
+        return parts[4] if len(parts) > 4 and parts[1] == "repos" else "other"
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@dataclass
+class FakeRepo:
+    heads: dict[str, str] = field(default_factory=dict)  # branch -> sha
+    files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # sha -> path -> bytes
+    verification: dict[str, tuple[bool, str]] = field(default_factory=dict)  # sha -> (ok, reason)
+
+
+_counter = itertools.count(1)
+
+
+def make_sha(seed: str | None = None) -> str:
+    seed = seed if seed is not None else f"commit-{next(_counter)}-{time.monotonic_ns()}"
+    return hashlib.sha1(seed.encode()).hexdigest()  # noqa: S324 - not security
+
+
+class FakeGitHub:
+    """A fake GitHub API. Thread-safe; state may be changed while clients poll.
+
+    Attributes: ``api_url`` (what goes in ``source.api_url``), ``base_url`` (without the
+    prefix), ``host``, ``port``, ``prefix``, ``repos`` (``{"owner/name": FakeRepo}``),
+    ``requests`` (the log of :class:`LoggedRequest`; off with ``log_requests=False`` for
+    big benchmarks), ``request_count`` and ``status_counts`` (always kept), ``token`` (when
+    set, requests without ``Authorization: Bearer <token>`` get 401).
+    """
+
+    def __init__(
+        self,
+        *,
+        repo: str = "acme/shop",
+        branch: str = "main",
+        host: str = "127.0.0.1",
+        bind: str = "127.0.0.1",
+        prefix: str = "",
+        token: str | None = None,
+        port: int = 0,
+        log_requests: bool = True,
+    ) -> None:
+        self.default_repo = repo
+        self.default_branch = branch
+        self.host = host  # the name clients use (127.0.0.1 or localhost); the socket is on bind
+        self.prefix = prefix.rstrip("/")
+        self.token = token
+        self.log_requests = log_requests
+        self.repos: dict[str, FakeRepo] = {repo: FakeRepo()}
+        self.requests: list[LoggedRequest] = []
+        self.request_count = 0  # counted even when log_requests is False
+        self.status_counts: Counter[int] = Counter()  # status -> answers (always counted)
+        self.lock = threading.RLock()
+        # modes
+        self._rate_limit: tuple[int, float] | None = None  # (status, seconds)
+        self._rate_limit_reset: float = 0.0
+        self._fail: tuple[int, int | None] | None = None  # (status, remaining or None=forever)
+        self._redirect_contents: str | None = None
+        self._delay = 0.0
+        self._server = ThreadingHTTPServer((bind, port), _make_handler(self))
+        self._server.daemon_threads = True
+        self._server.request_queue_size = 1024
+        self.port = int(self._server.server_address[1])
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + self.prefix
+
+    def start(self) -> FakeGitHub:
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True,
+                                        name=f"fake-github-{self.port}")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeGitHub:
+        return self.start()
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ repository state
+    def repo(self, name: str | None = None) -> FakeRepo:
+        with self.lock:
+            return self.repos.setdefault(name or self.default_repo, FakeRepo())
+
+    def commit(
+        self,
+        files: Mapping[str, bytes | str],
+        *,
+        repo: str | None = None,
+        branch: str | None = None,
+        sha: str | None = None,
+        verified: bool = True,
+        reason: str = "valid",
+        move_head: bool = True,
+    ) -> str:
+        """Add a commit holding exactly ``files``; make it the branch head. Returns its SHA."""
+        sha = sha or make_sha()
+        with self.lock:
+            r = self.repo(repo)
+            r.files[sha] = {p: (c.encode() if isinstance(c, str) else c) for p, c in files.items()}
+            r.verification[sha] = (verified, reason if not verified or reason else "valid")
+            if move_head:
+                r.heads[branch or self.default_branch] = sha
+        return sha
+
+    def set_head(self, sha: str, *, repo: str | None = None, branch: str | None = None) -> None:
+        """Point the branch at an existing (or unknown: then 'contents' 404s) commit."""
+        with self.lock:
+            self.repo(repo).heads[branch or self.default_branch] = sha
+
+    def head(self, *, repo: str | None = None, branch: str | None = None) -> str | None:
+        with self.lock:
+            return self.repo(repo).heads.get(branch or self.default_branch)
+
+    def set_verified(self, sha: str, verified: bool, reason: str = "unsigned",
+                     *, repo: str | None = None) -> None:
+        with self.lock:
+            self.repo(repo).verification[sha] = (verified, "valid" if verified else reason)
+
+    @staticmethod
+    def etag_for(sha: str, media: str = "sha") -> str:
+        return '"' + hashlib.sha256(f"{media}:{sha}".encode()).hexdigest()[:40] + '"'
+
+    # ------------------------------------------------------------------ modes
+    def rate_limit(self, *, status: int = 403, seconds: float = 60.0) -> None:
+        """Answer every request as rate-limited until :meth:`clear_rate_limit`.
+
+        403: ``x-ratelimit-remaining: 0`` and ``x-ratelimit-reset`` = now + seconds (epoch).
+        429: ``retry-after: seconds``.
+        """
+        assert status in (403, 429)
+        with self.lock:
+            self._rate_limit = (status, seconds)
+            self._rate_limit_reset = time.time() + seconds
+
+    def clear_rate_limit(self) -> None:
+        with self.lock:
+            self._rate_limit = None
+
+    def fail(self, status: int = 503, count: int | None = None) -> None:
+        """Answer the next ``count`` requests (every request if None) with ``status``."""
+        with self.lock:
+            self._fail = (status, count)
+
+    def clear_failures(self) -> None:
+        with self.lock:
+            self._fail = None
+
+    def redirect_contents(self, to_base_url: str | None) -> None:
+        """302 every contents request to ``to_base_url`` + the same path and query.
+
+        ``to_base_url`` is another server's ``base_url`` (scheme://host:port, no prefix).
+        """
+        with self.lock:
+            self._redirect_contents = to_base_url.rstrip("/") if to_base_url else None
+
+    def set_delay(self, seconds: float) -> None:
+        """Sleep this long before answering (timeouts)."""
+        with self.lock:
+            self._delay = seconds
+
+    # ------------------------------------------------------------------ request log
+    def count(self, endpoint: str | None = None) -> int:
+        """Requests logged, all or for one endpoint (``commits``, ``contents``, ``other``)."""
+        with self.lock:
+            if endpoint is None:
+                return len(self.requests)
+            return sum(1 for r in self.requests if r.endpoint == endpoint)
+
+    def logged(self, endpoint: str | None = None) -> list[LoggedRequest]:
+        with self.lock:
+            return [r for r in self.requests if endpoint is None or r.endpoint == endpoint]
+
+    def clear_log(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.request_count = 0
+            self.status_counts.clear()
+
+    # ------------------------------------------------------------------ answering
+    def _answer(self, method: str, raw_path: str, headers: Mapping[str, str]
+                ) -> tuple[int, dict[str, str], bytes]:
+        split = urlsplit(raw_path)
+        path = unquote(split.path)
+        query = {k: v[0] for k, v in parse_qs(split.query).items()}
+        prefixed = not self.prefix or path.startswith(self.prefix + "/")
+        if self.prefix and prefixed:
+            path = path[len(self.prefix):]
+        entry = LoggedRequest(method, path, query, dict(headers))
+        with self.lock:
+            self.request_count += 1
+            if self.log_requests:
+                self.requests.append(entry)
+        if not prefixed:
+            result = _json(404, {"message": "Not Found"})
+        else:
+            result = self._answer_at(method, raw_path, path, query, headers)
+        entry.status = result[0]
+        with self.lock:
+            self.status_counts[result[0]] += 1
+        return result
+
+    def _answer_at(self, method: str, raw_path: str, path: str, query: dict[str, str],
+                   headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+        with self.lock:
+            delay = self._delay
+            rate_limit, reset = self._rate_limit, self._rate_limit_reset
+            fail = self._fail
+            if fail is not None and fail[1] is not None:
+                self._fail = (fail[0], fail[1] - 1) if fail[1] > 1 else None
+            redirect = self._redirect_contents
+        if delay:
+            time.sleep(delay)
+        if fail is not None:
+            return _json(fail[0], {"message": "Server Error"})
+        if rate_limit is not None:
+            status, seconds = rate_limit
+            if status == 429:
+                return _json(429, {"message": "Too Many Requests"},
+                             {"retry-after": str(int(seconds))})
+            return _json(403, {"message": "API rate limit exceeded for 127.0.0.1."}, {
+                "x-ratelimit-limit": "60", "x-ratelimit-remaining": "0",
+                "x-ratelimit-used": "60", "x-ratelimit-reset": str(int(reset)),
+            })
+        if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
+            return _json(401, {"message": "Bad credentials"})
+        if method != "GET":
+            return _json(404, {"message": "Not Found"})
+
+        parts = path.split("/")
+        if len(parts) < 6 or parts[1] != "repos":
+            return _json(404, {"message": "Not Found"})
+        repo_name = f"{parts[2]}/{parts[3]}"
+        endpoint, rest = parts[4], "/".join(parts[5:])
+        with self.lock:
+            repo = self.repos.get(repo_name)
+            if repo is None:
+                return _json(404, {"message": "Not Found"})
+            heads, files = dict(repo.heads), dict(repo.files)
+            verification = dict(repo.verification)
+        accept = headers.get("accept", "")
+
+        if endpoint == "commits":
+            sha = heads.get(rest, rest if rest in files else None)
+            if sha is None:
+                return _json(422, {"message": f"No commit found for SHA: {rest}"})
+            if "application/vnd.github.sha" in accept:
+                etag = self.etag_for(sha, "sha")
+                if _etag_matches(headers.get("if-none-match"), etag):
+                    return 304, {"ETag": etag}, b""
+                return 200, {"Content-Type": "application/vnd.github.sha; charset=utf-8",
+                             "ETag": etag}, sha.encode()
+            ok, reason = verification.get(sha, (False, "unsigned"))
+            etag = self.etag_for(sha, "json")
+            if _etag_matches(headers.get("if-none-match"), etag):
+                return 304, {"ETag": etag}, b""
+            body = {"sha": sha, "commit": {"message": f"commit {sha[:7]}", "verification": {
+                "verified": ok, "reason": reason, "signature": None, "payload": None}}}
+            return _json(200, body, {"ETag": etag})
+
+        if endpoint == "contents":
+            if redirect is not None:
+                return 302, {"Location": redirect + raw_path}, b""
+            ref = query.get("ref") or heads.get(self.default_branch, "")
+            sha = heads.get(ref, ref)
+            tree = files.get(sha)
+            if tree is None:
+                return _json(404, {"message": "No commit found for the ref " + ref})
+            if rest not in tree:
+                return _json(404, {"message": "Not Found"})
+            content = tree[rest]
+            blob = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()  # noqa: S324
+            etag = '"' + blob + '"'
+            if _etag_matches(headers.get("if-none-match"), etag):
+                return 304, {"ETag": etag}, b""
+            if "application/vnd.github.raw" in accept:
+                return 200, {"Content-Type": "application/vnd.github.raw; charset=utf-8",
+                             "ETag": etag}, content
+            return _json(200, {"type": "file", "path": rest, "sha": blob, "encoding": "base64",
+                               "content": base64.b64encode(content).decode()}, {"ETag": etag})
+        return _json(404, {"message": "Not Found"})
+
+
+def _json(status: int, body: Any, headers: Mapping[str, str] | None = None
+          ) -> tuple[int, dict[str, str], bytes]:
+    return status, {"Content-Type": "application/json; charset=utf-8", **(headers or {})}, \
+        json.dumps(body).encode()
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    bare = etag.removeprefix("W/")
+    return any(t.strip().removeprefix("W/") == bare for t in if_none_match.split(","))
+
+
+def _make_handler(gh: FakeGitHub) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "FakeGitHub/1.0"
+
+        def _handle(self) -> None:
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, out_headers, body = gh._answer(self.command, self.path, headers)
+            self.send_response(status)
+            ratelimit = {"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "4999",
+                         "x-ratelimit-reset": str(int(time.time()) + 3600)}
+            for k, v in {**ratelimit, **out_headers}.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if body and self.command != "HEAD":
+                self.wfile.write(body)
+
+        do_GET = _handle
+        do_HEAD = _handle
+        do_POST = _handle
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass  # quiet
+
+    return Handler
