@@ -15,13 +15,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
-from ruamel.yaml.events import AliasEvent
+from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent
 
 from agent.config import format_validation_error
 from agent.errors import DesiredStateError
 
 MAX_BYTES = 1024 * 1024  # a desired-state of hundreds of services is a few tens of KiB
 MAX_SERVICES = 1000
+# The document needs 3 levels. Deeper nesting is refused while scanning: ruamel's scanner is
+# quadratic in the nesting depth (10 KB of '[' took ~20 s) and its composer recursive.
+MAX_DEPTH = 32
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 # A service name as compose accepts it, restricted to ASCII so lookalike characters
@@ -123,13 +126,22 @@ def load_yaml(data: bytes, source: str) -> Any:
     except UnicodeDecodeError as e:
         raise DesiredStateError(source, [f"not UTF-8 text (byte {e.start})"]) from None
     try:
+        depth = 0
         for event in YAML(typ="safe", pure=True).parse(io.StringIO(text)):
+            mark = event.start_mark
+            line = f" at line {mark.line + 1}" if mark is not None else ""
             if isinstance(event, AliasEvent):
-                mark = event.start_mark
-                line = f" at line {mark.line + 1}" if mark is not None else ""
                 raise DesiredStateError(
                     source, [f"YAML aliases (*name) are not allowed{line}"]
                 )
+            if isinstance(event, CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise DesiredStateError(
+                        source, [f"nested deeper than {MAX_DEPTH} levels{line}"]
+                    )
+            elif isinstance(event, CollectionEndEvent):
+                depth -= 1
         return YAML(typ="safe", pure=True).load(text)
     except DesiredStateError:
         raise

@@ -165,6 +165,9 @@ class Reconciler:
         self.store.ensure_dir()
         state = self.store.load()
         try:
+            # a full or read-only state_dir is named as such, not as the git fetch into
+            # the mirror failing; nothing is fetched or touched without a record
+            self.store.probe_writable()
             result = self._pass(state, force=force, phases=phases)
         except AgentError as e:
             log.error("agent.pass.error", error=str(e), kind=type(e).__name__)
@@ -277,7 +280,9 @@ class Reconciler:
         missing_unmanaged = sorted(
             s for s in compose_services if s not in target and s not in observed
         )
-        if plan.is_noop and not missing_unmanaged:
+        if plan.is_noop:
+            # Unmanaged services are started alongside a release, never on their own: a
+            # missing unmanaged image must not turn every idle poll into a pull attempt.
             return self._noop(plan, observed, revision_failed, state)
 
         previous = previous_digests(plan, observed, state.known_good)
@@ -317,8 +322,7 @@ class Reconciler:
             with phases.timed("apply"):
                 self._write_override(target)
                 if missing_unmanaged:
-                    log.info("agent.apply.unmanaged", services=missing_unmanaged)
-                    self.compose.up(missing_unmanaged, pull="missing")
+                    self._start_unmanaged(missing_unmanaged)
                 if plan.changes:
                     log.info("agent.apply.started", services=plan.changed_services,
                              digests={c.service: c.new for c in plan.changes},
@@ -358,6 +362,16 @@ class Reconciler:
         if start_first:
             self._retire_old(sorted(start_first), target)
         return self._finish_success(state, plan, target)
+
+    def _start_unmanaged(self, services: Sequence[str]) -> None:
+        """Best effort: services desired-state does not list run as compose.yml says. Their
+        failure to start is reported, not a reason to fail (or roll back) the release."""
+        log.info("agent.apply.unmanaged", services=list(services))
+        try:
+            self.compose.up(services, pull="missing")
+        except ComposeError as e:
+            log.warning("agent.apply.unmanaged_failed", services=list(services),
+                        error=e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e))
 
     # ================================================================== start-first
     @staticmethod

@@ -302,7 +302,7 @@ class Stack:
                  ports: dict[str, int] | None = None, settle: float = 0.0,
                  health_timeout: float = 60.0, interval: float = 3600, jitter: float = 0,
                  source_url: str | None = None, extra_agent: str = "",
-                 stop_grace: str = "3s") -> None:
+                 stop_grace: str = "3s", update: str | None = None) -> None:
         self.bench = bench
         self.name = name
         self.services = services
@@ -321,6 +321,9 @@ class Stack:
         self.extra_agent = extra_agent
         self.stop_grace = stop_grace
         self.pins: dict[str, str] = {}
+        # desired-state `update:` for every service (None: the agent's default, start-first
+        # where a service can run twice); "stop-first" is what plain compose does (recreate)
+        self.update = update
 
     def ref(self, service: str, digest: str) -> str:
         return f"{self.bench.reg}/{self.services[service]}@{digest}"
@@ -357,9 +360,13 @@ class Stack:
             """) + self.extra_agent)
 
     # ------------------------------------------------------------------ agent way
-    def commit(self, digests: dict[str, str], message: str = "release") -> str:
+    def commit(self, digests: dict[str, str], message: str = "release",
+               update: str | None = None) -> str:
         services = {s: (f"{self.bench.reg}/{self.services[s]}", d) for s, d in digests.items()}
-        return self.repo.commit_file("desired-state.yml", rig.desired_yaml(services), message)
+        order = update or self.update
+        extra = {s: {"update": order} for s in digests} if order else None
+        return self.repo.commit_file("desired-state.yml", rig.desired_yaml(services, extra),
+                                     message)
 
     def agent_cmd(self, *args: str) -> list[str]:
         return [PY, "-m", "agent", "--config", str(self.config_path), "--log-format", "json",

@@ -11,7 +11,7 @@ from faultkit import assert_marker, assert_released_set, digests, one_line
 @pytest.mark.parametrize(("bad", "words"), [
     ("web-bad", ("is unhealthy", "health endpoint says 503")),
     ("web-crash", ("exited with code 3", "crash-looping")),
-    ("web-exit0", ("exited with code 0",)),
+    ("web-exit0", ("exited with code 0", "crash-looping")),  # restart: unless-stopped
 ])
 def test_failing_web_rolls_back_web_and_api_together(deployed, bad, words):
     h, marker = deployed

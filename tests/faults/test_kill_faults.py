@@ -5,6 +5,7 @@ no unreleased mix remains, the web volume's data survives, and a third pass is q
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 import rig
@@ -39,9 +40,31 @@ def test_killed_at_a_phase_of_a_good_release_converges_on_restart(deployed, poin
     assert (r.code, r.summary()["outcome"]) == (0, "no-op")
 
 
-def test_killed_during_rollback_converges_to_the_previous_release(deployed):
+def _release_stop_first(h, web: str, api: str) -> str:
+    return h.commit(rig.desired_yaml(
+        {"web": (h.image("web"), h.images[web]), "api": (h.image("api"), h.images[api])},
+        extra={"web": {"update": "stop-first"}, "api": {"update": "stop-first"}}))
+
+
+def test_killed_between_two_stop_first_services_converges_on_restart(deployed):
+    """stop-first, killed after web was recreated and before api was: a mix that was never
+    released runs until the next pass, which completes the release."""
     h, marker = deployed
-    rev = h.release(web="web-bad", api="api-v2")
+    _release_stop_first(h, "web-v2", "api-v2")
+    p = h.cli_subprocess("sync", env={"GITOPS_AGENT_FAILPOINTS": "during-apply"})
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    r = h.sync()
+    assert "agent.recover.in_flight" in r.events()
+    assert r.code == 0, r.summary()
+    assert_released_set(h, digests(h, web="web-v2", api="api-v2"))
+    assert_marker(h, marker)
+
+
+def test_killed_during_rollback_converges_to_the_previous_release(deployed):
+    """The failpoint sits in the stop-first rollback (compose up of the old digests); a
+    start-first rollback only removes the new containers, the old ones never stopped."""
+    h, marker = deployed
+    rev = _release_stop_first(h, "web-bad", "api-v2")
     p = h.cli_subprocess("sync", env={"GITOPS_AGENT_FAILPOINTS": "during-rollback"})
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert h.state()["in_flight"]["phase"] == "rollback"
@@ -72,7 +95,6 @@ def test_killed_from_outside_while_pulling_converges_on_restart(
         agent = AgentProc(h, "sync")
         agent.wait_event("agent.pull.started")
         deadline_bytes = [q for q in proxy.requests if "/blobs/" in q]
-        import time
         t0 = time.monotonic()
         while not any("/blobs/" in q for q in proxy.requests) and time.monotonic() - t0 < 20:
             time.sleep(0.1)
