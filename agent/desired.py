@@ -20,7 +20,7 @@ from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEv
 from agent.config import format_validation_error
 from agent.errors import DesiredStateError
 
-MAX_BYTES = 1024 * 1024  # a desired-state of hundreds of services is a few tens of KiB
+MAX_BYTES = 256 * 1024  # ~1,000 services; parsing is pure Python, so bounded
 MAX_SERVICES = 1000
 # The document needs 3 levels. Deeper nesting is refused while scanning: ruamel's scanner is
 # quadratic in the nesting depth (10 KB of '[' took ~20 s) and its composer recursive.

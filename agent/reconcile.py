@@ -554,11 +554,17 @@ class Reconciler:
     def _finish_success(
         self, state: AgentState, plan: Plan, target: Mapping[str, ImageDigest]
     ) -> PassResult:
+        # A failed revision that is not forced converges on the known-good digests: that
+        # working must not clear the failure, or the next pass retries the bad release.
+        new_digests = any(
+            c.service not in state.known_good or state.known_good[c.service].digest != c.new
+            for c in plan.changes
+        )
         for n, d in target.items():
             state.known_good[n] = d
         for gone in set(state.known_good) - set(target):
             del state.known_good[gone]  # no longer managed
-        if plan.revision in state.failed_revisions and plan.changes:
+        if plan.revision in state.failed_revisions and new_digests:
             # a forced retry that worked
             del state.failed_revisions[plan.revision]
         outcome: Outcome = "applied" if plan.changes or plan.unverified else "no-op"

@@ -75,8 +75,17 @@ def test_config_error_is_invalid_input_naming_the_file():
 
 
 def test_value_error_prefix_is_stripped_from_messages():
-    problems = _problems({**MINIMAL, "trust": {"require_signed_commits": True}})
-    assert problems == ["At 'trust': require_signed_commits needs allowed_signers_file"]
+    (p,) = _problems({**MINIMAL, "source": {"kind": "github", "repo": "x"}})
+    assert "Value error" not in p
+    assert p == 'At \'source\': with kind = "github", repo must be "owner/name"'
+
+
+def test_signed_commits_from_a_git_source_need_an_allowed_signers_file():
+    (p,) = _problems({**MINIMAL, "trust": {"require_signed_commits": True}})
+    assert "require_signed_commits" in p and "allowed_signers_file" in p
+    cfg = parse_config({**MINIMAL, "trust": {"require_signed_commits": True,
+                                             "allowed_signers_file": "/etc/signers"}})
+    assert cfg.trust.allowed_signers_file == Path("/etc/signers")
 
 
 @pytest.mark.parametrize("path", ["../desired.yml", "a/../../b.yml", "/etc/passwd"])
