@@ -206,7 +206,15 @@ class Bench:
     def __init__(self, name: str) -> None:
         self.name = name
         self.root = Path(tempfile.mkdtemp(prefix=f"gitops-bench-{name}-"))
-        self.client = rig.docker_client()
+        deadline = time.monotonic() + 120  # a shared machine: dockerd may be restarting
+        while True:
+            try:
+                self.client = rig.docker_client()
+                break
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
         self.compose_cmd = find_compose_command()
         self.registry = BenchRegistry(port=rig.free_port(), workdir=self.root / "registry")
         self.stacks: list[Stack] = []
@@ -678,3 +686,38 @@ def print_table(rows: list[list[str]], header: list[str]) -> str:
            "  ".join("-" * x for x in w)]
     out += ["  ".join(str(c).ljust(w[i]) for i, c in enumerate(r)) for r in rows]
     return "\n".join(out)
+
+
+def wait_docker(client: docker.DockerClient, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.ping()
+            return
+        except Exception:  # noqa: BLE001
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+class Rounds:
+    """Runs measurement rounds; a round that fails (this machine is shared: another job may
+    restart dockerd under us) is logged, not counted, and run again — at most ``retries``
+    times in total. The number of discarded rounds is reported."""
+
+    def __init__(self, client: docker.DockerClient, retries: int = 4) -> None:
+        self.client = client
+        self.retries = retries
+        self.discarded: list[str] = []
+
+    def run(self, fn: Callable[[int], Any], i: int) -> Any:
+        while True:
+            try:
+                return fn(i)
+            except Exception as e:  # noqa: BLE001
+                if len(self.discarded) >= self.retries:
+                    raise
+                self.discarded.append(f"round {i}: {str(e)[:300]}")
+                log(f"round {i} failed, discarded and run again: {str(e)[:300]}")
+                time.sleep(3)
+                wait_docker(self.client)

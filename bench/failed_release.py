@@ -26,8 +26,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import rig  # noqa: E402  (common puts tests/ on sys.path)
-from common import Bench, base_args, log, median, remove_images, write_results
+import common
+from common import Bench, Rounds, base_args, log, median, remove_images, write_results
 
 
 class Probe:
@@ -67,10 +67,14 @@ class Probe:
 
 def outage(samples: list[tuple[float, str | None]], good: str, period: float
            ) -> dict[str, float]:
-    """No-answer time (sum of failed probe intervals), the longest no-answer gap, and the
+    """No-answer time (the time from each failed probe to the next probe), the longest no-answer gap, and the
     time answered by something other than the good version."""
-    failed = sum(1 for _, b in samples if b is None) * period
-    other = sum(1 for _, b in samples if b is not None and b != good) * period
+    failed = other = 0.0
+    for (t, body), (t_next, _) in zip(samples, samples[1:], strict=False):
+        if body is None:
+            failed += t_next - t
+        elif body != good:
+            other += t_next - t
     longest, start = 0.0, None
     for t, body in samples:
         if body is None:
@@ -95,14 +99,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         good = b.image("bench/web", "v1", "healthy", "web good")
         bad = {"unhealthy": b.image("bench/web", "bad", "unhealthy", "web bad"),
                "crash": b.image("bench/web", "crash", "crash", "web crash")}
-        port = rig.free_port()
+        port = common.rig.free_port()
         st = b.stack("benchfail", {"web": "bench/web"}, ports={"web": port}, settle=1.0,
                      health_timeout=60)
         st.commit({"web": good})
         st.sync()
         for variant, digest in bad.items():
             rows = []
-            for i in range(reps):
+            rounds = Rounds(b.client)
+
+            def one(i: int, variant: str = variant, digest: str = digest) -> dict[str, Any]:
                 remove_images(b.client, [st.ref("web", digest)])
                 st.commit({"web": digest}, f"broken {variant} {i}")
                 probe = Probe(port, period).start()
@@ -126,12 +132,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 row = {"exit": t.code, "to_old_healthy_s": t1 - t0,
                        "to_old_answering_s": t2 - t0, "pass_s": rec["duration_seconds"],
                        "phases": rec.get("phases", {}), **o}
-                rows.append(row)
                 log(f"{variant} {i}: old healthy after {row['to_old_healthy_s']:.2f}s, "
                     f"no answer {o['no_answer_s']:.2f}s (longest gap {o['longest_gap_s']:.2f}s),"
                     f" bad version answered {o['answered_by_bad_s']:.2f}s; "
                     f"phases {row['phases']}")
+                return row
+
+            for i in range(reps):
+                rows.append(rounds.run(one, i))
             res[variant] = {
+                "discarded_rounds": rounds.discarded,
                 "runs": rows,
                 **{k: median(r[k] for r in rows) for k in (
                     "to_old_healthy_s", "to_old_answering_s", "no_answer_s", "longest_gap_s",

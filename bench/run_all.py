@@ -35,7 +35,8 @@ def summary(r: dict[str, Any]) -> list[str]:
     if "release_overhead" in r:
         x = r["release_overhead"]
         ph = x["median_phases_s"]
-        out.append(f"1. release overhead: agent/compose = {x['median_ratio']:.3f} (median of "
+        out.append(f"1. release overhead: agent/compose = {x['median_ratio']:.3f}, pass alone "
+                   f"{x.get('median_pass_ratio', float('nan')):.3f} (median of "
                    f"{len(x['pairs'])} pairs; target <= 1.05: {ok(x['target_met'])}); agent "
                    f"{x['median_agent_s']:.2f}s vs compose {x['median_hand_s']:.2f}s; agent "
                    f"phases: process start {x['median_process_overhead_s']:.2f}, " + ", ".join(
@@ -115,6 +116,11 @@ def main() -> int:
             failed.append(name)
             continue
         results[name] = json.loads(target.read_text())
+    for name in BENCHES:
+        earlier = RESULTS_DIR / f"{name}{'-quick' if args.quick else ''}.json"
+        if name not in results and name not in names and earlier.exists():
+            results[name] = json.loads(earlier.read_text())
+            print(f"(summary of {name} from an earlier run: {earlier})")
     print("\n================ summary ================")
     for k, v in machine().items():
         print(f"{k}: {v}")

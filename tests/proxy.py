@@ -36,15 +36,17 @@ defaults
     retry-on conn-failure empty-response response-timeout
 resolvers docker
     nameserver dns 127.0.0.11:53
+    # re-resolve often (new containers join fast), but keep known servers through a slow
+    # or failed DNS answer: only health checks take a server out of rotation
     resolve_retries 3
     timeout resolve 200ms
-    timeout retry 200ms
+    timeout retry 500ms
     hold valid 500ms
-    hold other 500ms
-    hold refused 500ms
-    hold nx 500ms
-    hold timeout 500ms
-    hold obsolete 500ms
+    hold other 30s
+    hold refused 30s
+    hold timeout 30s
+    hold nx 2s
+    hold obsolete 2s
 frontend fe
     bind :8000
     default_backend be

@@ -21,16 +21,17 @@ def test_demo_walks_the_whole_lifecycle_and_cleans_up_after_itself(docker_client
     p = _run_demo()
     out = p.stdout
     assert p.returncode == 0, out[-3000:] + p.stderr[-2000:]
+    during = "\n".join(ln for ln in out.splitlines() if "during the" in ln)
     # 1. v1 deployed by the daemon
     assert "200 hello from v1" in out
     # 2. v2 rolled out, api untouched, no request lost
     assert "200 hello from v2" in out
     assert re.search(r"api container before \[.*\] after \[.*\]: untouched", out)
-    assert re.search(r"during the rollout: \d+ requests through the proxy, 0 failed", out)
+    assert re.search(r"during the rollout: \d+ requests through the proxy, 0 failed", out), during
     # 3. broken v3 rolled back by the agent on its own, v2 keeps serving
     assert "outcome=rolled-back" in out
     assert re.search(r"during the failed release: \d+ requests, 0 failed, 0 served by the broken v3",
-                     out)
+                     out), during
     # 4. pinned by hand, and the next release leaves it alone
     assert "(pinned to v1)\n    200 hello from v1" in out
     assert "hello is pinned at" in out

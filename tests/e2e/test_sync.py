@@ -6,6 +6,8 @@ import rig
 
 
 def test_first_deploy_pulls_and_runs_desired_digests_and_exits_0(harness):
+    for svc, key in (("web", "web-v1"), ("api", "api-v1")):  # not local: must be pulled
+        rig.remove_local_image(harness.client, f"{harness.image(svc)}@{harness.images[key]}")
     rev = harness.release(web="web-v1", api="api-v1")
     r = harness.sync()
     assert r.code == 0, r.logs

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from ruamel.yaml import YAML
 
@@ -127,8 +127,8 @@ def test_merge_key_alias_is_rejected():
 @pytest.mark.parametrize("nest", [
     lambda n: b"[" * n + b"]" * n,
     lambda n: b"{a: " * n + b"1" + b"}" * n,
-    lambda n: b"\n" + b"".join(b"  " * (i + 1) + b"a:\n" for i in range(n)) + b"  " * n + b" b",
-])
+    lambda n: b"\n" + b"".join(b" " * (i + 1) + b"a:\n" for i in range(n // 10)) + b"   b",
+], ids=["flow-sequences", "flow-mappings", "block-mappings"])
 def test_deeply_nested_document_is_rejected_quickly(nest):
     # ruamel's scanner is quadratic in the nesting depth: 10 KB of '[' used to take ~20 s
     data = b"version: 1\nservices: " + nest(5000) + b"\n"
@@ -338,9 +338,10 @@ FAST = settings(max_examples=250, deadline=None,
 scalars = (st.none() | st.booleans() | st.integers(-(2**70), 2**70)
            | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=20)
            | st.sampled_from(["1", "web", "a/web", D1, D1.upper(), "sha512:ab", "ghcr.io/a/b:1",
-                              "start-first", "stop-first", "", "~", "null", "yes", "0x1f"]))
-keys = st.text(max_size=12) | st.sampled_from(["version", "services", "web", "image",
-                                               "digest", "tag", "pinned", "update"])
+                              "start-first", "stop-first", "", "~", "null", "yes", "0x1f",
+                              D1 + "\n", "a/web\n", "1.0\n", "ghcr.io/a/b@" + D1]))
+keys = st.text(max_size=12) | st.sampled_from(["version", "services", "web", "image", "web\n",
+                                               "digest", "tag", "pinned", "update", "w\u0435b"])
 documents = st.recursive(
     scalars,
     lambda children: st.lists(children, max_size=4)
@@ -370,6 +371,12 @@ def test_arbitrary_text_raises_only_desired_state_error(text):
 
 @FAST
 @given(documents)
+@example({"version": 1, "services": {"web\n": {"image": "a/web", "digest": D1}}})
+@example({"version": 1, "services": {"web": {"image": "a/web\n", "digest": D1}}})
+@example({"version": 1, "services": {"web": {"image": "a/web", "digest": D1 + "\n"}}})
+@example({"version": 1, "services": {"web": {"image": "a/web", "digest": D1, "tag": "1\n"}}})
+@example({"version": True, "services": {}})
+@example({"version": 1.0, "services": {}})
 def test_arbitrary_yaml_documents_raise_only_desired_state_error(doc):
     parse_never_raises_anything_else(dump_yaml(doc))
 

@@ -94,13 +94,13 @@ def test_killed_from_outside_while_pulling_converges_on_restart(
         before = h.container_ids()
         agent = AgentProc(h, "sync")
         agent.wait_event("agent.pull.started")
-        deadline_bytes = [q for q in proxy.requests if "/blobs/" in q]
+        blob_requests = [q for q in proxy.requests if "/blobs/" in q]
         t0 = time.monotonic()
         while not any("/blobs/" in q for q in proxy.requests) and time.monotonic() - t0 < 20:
             time.sleep(0.1)
         time.sleep(1.0)  # mid-download
         assert agent.kill() == -signal.SIGKILL
-        assert "agent.pull.done" not in [e["event"] for e in agent.lines], deadline_bytes
+        assert "agent.pull.done" not in [e["event"] for e in agent.lines], blob_requests
         assert h.container_ids() == before  # nothing touched before the kill
         r = h.sync()
     assert r.code == 0, r.summary()
