@@ -117,16 +117,17 @@ class Harness:
         return str(out.decode().strip())
 
 
-class DaemonProcess:
-    """`gitops-agent run` as a real subprocess; its JSON log lines are collected."""
+class AgentProcess:
+    """The agent as a real subprocess (``run`` by default, or e.g. ``sync``) with JSON logs
+    on stderr, collected while it runs; killable from outside."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
         import threading
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "--config", str(config), "--log-format", "json",
-             "run"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+             *(args or ("run",))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
             env={**os.environ, "GITOPS_AGENT_FAST_RETRY": "1", **(env or {})},
         )
         self.lines: list[dict[str, Any]] = []
@@ -145,6 +146,10 @@ class DaemonProcess:
                 except ValueError:
                     pass
                 self._cond.notify_all()
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.raw)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         with self._cond:
@@ -167,17 +172,36 @@ class DaemonProcess:
                         f"no {name} (x{count}) within {timeout}s; log:\n" + "".join(self.raw[-40:]))
                 self._cond.wait(min(left, 0.5))
 
+    wait_event = wait_for
+
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 240) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._reader.join(5)
+
+    def kill(self) -> int:
+        import signal as _signal
+
+        self.proc.send_signal(_signal.SIGKILL)
+        return self.wait()
 
     def stop(self, timeout: float = 60) -> int:
         import signal as _signal
 
         if self.proc.poll() is None:
             self.proc.send_signal(_signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self._reader.join(5)
+        return self.wait(timeout)
+
+
+class DaemonProcess(AgentProcess):
+    """`gitops-agent run`."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__(config, "run", env=env)

@@ -185,13 +185,16 @@ def build_and_push(
     ctx = build_context(workdir / f"{repo.replace('/', '_')}-{tag}", variant, version, env)
     ref = f"{registry}/{repo}"
     client.images.build(path=str(ctx), tag=f"{ref}:{tag}", rm=True, forcerm=True)
+    return push_image(client, ref, tag)
+
+
+def push_image(client: docker.DockerClient, ref: str, tag: str) -> str:
+    """Push ``ref:tag`` and return the manifest digest the registry reported."""
     digest = None
     for chunk in client.api.push(ref, tag=tag, stream=True, decode=True):
         if "error" in chunk:
             raise RuntimeError(f"push {ref}:{tag}: {chunk['error']}")
-        aux = chunk.get("aux") or {}
-        if "Digest" in aux:
-            digest = aux["Digest"]
+        digest = (chunk.get("aux") or {}).get("Digest") or digest
     if not digest:
         raise RuntimeError(f"push {ref}:{tag} reported no digest")
     return str(digest)

@@ -10,11 +10,8 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import socket
 import socketserver
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,7 +21,7 @@ from typing import Any
 import docker
 import requests
 import rig
-from harness import REPO_ROOT, Harness
+from harness import AgentProcess, Harness
 
 MANAGED = ("web", "api")
 
@@ -91,65 +88,11 @@ def one_line(text: str | None) -> str:
 
 
 # =========================================================================== agent subprocess
-class AgentProc:
-    """``gitops-agent sync`` (or ``run``) as a subprocess with JSON logs, readable while it
-    runs, killable from outside."""
+class AgentProc(AgentProcess):
+    """``gitops-agent sync`` (or ``run``) for a harness's project, as a subprocess."""
 
     def __init__(self, h: Harness, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--config", str(h.project.config_path),
-             "--log-format", "json", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
-            env={**os.environ, "GITOPS_AGENT_FAST_RETRY": "1", **(env or {})},
-        )
-        self.lines: list[dict[str, Any]] = []
-        self.raw: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._cond:
-                self.raw.append(line)
-                with contextlib.suppress(ValueError):
-                    self.lines.append(json.loads(line))
-                self._cond.notify_all()
-
-    def wait_event(self, name: str, timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for e in self.lines:
-                    if e.get("event") == name:
-                        return e
-                if time.monotonic() > deadline or (
-                        self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no {name}; log:\n" + "".join(self.raw[-30:]))
-                self._cond.wait(0.2)
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        with self._cond:
-            return [e for e in self.lines if e.get("event") == name]
-
-    def kill(self) -> int:
-        self.proc.send_signal(signal.SIGKILL)
-        return self.wait()
-
-    def wait(self, timeout: float = 240) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self._reader.join(5)
-        return code
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.raw)
+        super().__init__(h.project.config_path, *args, env=env)
 
 
 # =========================================================================== fake registries
@@ -320,12 +263,7 @@ def push_big_image(client: docker.DockerClient, registry: str, repo: str, tag: s
     (ctx / "Dockerfile").write_text(dockerfile)
     ref = f"{registry}/{repo}"
     client.images.build(path=str(ctx), tag=f"{ref}:{tag}", rm=True, forcerm=True)
-    digest = None
-    for chunk in client.api.push(ref, tag=tag, stream=True, decode=True):
-        if "error" in chunk:
-            raise RuntimeError(f"push {ref}:{tag}: {chunk['error']}")
-        digest = (chunk.get("aux") or {}).get("Digest") or digest
-    assert digest
+    digest = rig.push_image(client, ref, tag)
     rig.remove_local_image(client, f"{ref}:{tag}")
     shutil.rmtree(ctx, ignore_errors=True)
     return str(digest)
