@@ -263,7 +263,8 @@ class Reconciler:
         # ---- observe + diff
         try:
             with phases.timed("observe"):
-                observed = self.engine.observe(self.cfg.compose.name)
+                observed = self.engine.observe(self.cfg.compose.name,
+                                               set(desired.services))
         except DockerUnavailable as e:
             log.error("agent.observe.failed", error=str(e))
             return PassResult("error", rev, reason=str(e), error=e)
@@ -389,7 +390,7 @@ class Reconciler:
             log.info("agent.apply.handover", services=list(services),
                      seconds=self.cfg.agent.handover_seconds)
             time.sleep(self.cfg.agent.handover_seconds)
-        observed = self.engine.observe(self.cfg.compose.name)
+        observed = self.engine.observe(self.cfg.compose.name, set(services))
         for s in services:
             for c in observed.get(s, ()):
                 if c.digest != target[s].digest:
@@ -402,7 +403,7 @@ class Reconciler:
     ) -> list[str]:
         """A start-first release failed: remove its new containers. Returns the services
         handled (their old containers never stopped); the others need a regular rollback."""
-        observed = self.engine.observe(self.cfg.compose.name)
+        observed = self.engine.observe(self.cfg.compose.name, set(services))
         handled = []
         for s in services:
             cs = observed.get(s, ())
@@ -491,7 +492,7 @@ class Reconciler:
     def _wait_healthy(self, services: Sequence[str], target: Mapping[str, ImageDigest]) -> str | None:
         """None when every service is healthy at its target digest; else the reason."""
         return health.wait_healthy(
-            observe=lambda: self.engine.observe(self.cfg.compose.name),
+            observe=lambda: self.engine.observe(self.cfg.compose.name, set(services)),
             services=services,
             digests={s: target[s].digest for s in services},
             timeout=self.cfg.agent.health_timeout_seconds,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -114,9 +114,14 @@ class DockerEngine:
             self._client = None
 
     # ------------------------------------------------------------------ observe
-    def observe(self, project: str) -> dict[str, list[ObservedContainer]]:
+    def observe(
+        self, project: str, services: Collection[str] | None = None
+    ) -> dict[str, list[ObservedContainer]]:
         """Containers of a compose project, by service, with the digest each was created
-        from. Read-only: one list call plus one image inspect per distinct image."""
+        from. Read-only: one list call, one inspect per container of ``services`` (all when
+        None) and one image inspect per distinct image whose digest the reference lacks.
+        Containers of other services are reported from the list call alone (status and
+        image reference; no digest or health), which is all an unmanaged service needs."""
         with self._api("observe"):
             raw = self.client.api.containers(
                 all=True, filters={"label": f"{PROJECT_LABEL}={project}"}
@@ -127,8 +132,19 @@ class DockerEngine:
                 labels = summary.get("Labels") or {}
                 if labels.get(ONEOFF_LABEL) == "True":
                     continue
-                attrs = self.client.api.inspect_container(summary["Id"])
-                c = self._to_observed(attrs, image_digests)
+                service = labels.get(SERVICE_LABEL, "?")
+                if services is not None and service not in services:
+                    c = ObservedContainer(
+                        service=service, container_id=summary["Id"],
+                        name=((summary.get("Names") or ["?"])[0]).lstrip("/"),
+                        image_ref=summary.get("Image") or "", digest=None,
+                        status=summary.get("State") or "unknown", health=None)
+                else:
+                    try:
+                        attrs = self.client.api.inspect_container(summary["Id"])
+                    except docker.errors.NotFound:
+                        continue  # removed between the list and the inspect
+                    c = self._to_observed(attrs, image_digests)
                 out.setdefault(c.service, []).append(c)
             return out
 
