@@ -76,7 +76,7 @@ class AgentSection(_Strict):
     # start-first: after the new containers are healthy, wait this long before stopping the
     # old ones, so proxies that discover backends by polling (Docker DNS, traefik's Docker
     # provider, HAProxy resolvers) have put the new ones in rotation.
-    handover_seconds: Annotated[float, Field(ge=0)] = 5
+    handover_seconds: Annotated[float, Field(ge=0)] = 2
     state_dir: Path = Path("/var/lib/gitops-agent")
     pull_concurrency: Annotated[int, Field(ge=1, le=32)] = 4
     # a pull showing no progress for this long is given up (and retried): a registry

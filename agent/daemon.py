@@ -10,6 +10,7 @@ spoken when $NOTIFY_SOCKET is set.
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import threading
 import time
@@ -84,13 +85,22 @@ class Daemon:
         else:
             self.notifier.status("last pass crashed; see the journal")
 
+    def _scheduled_tick(self) -> None:
+        """A pass on the interval grid, delayed by U(0, jitter_seconds): a fleet restarted
+        at once spreads its polls, and the mean period stays ``interval_seconds``."""
+        jitter = self.cfg.agent.jitter_seconds
+        if jitter > 0 and self._stop.wait(random.uniform(0, jitter)):  # noqa: S311
+            return  # stopping
+        self._tick()
+
     def request_pass(self) -> None:
         if self._pass_lock.locked():
             self._hup_pending.set()
             log.info("agent.daemon.reload", message="a pass is running; another follows it")
             return
         log.info("agent.daemon.reload", message="running a pass now")
-        self.scheduler.modify_job(JOB_ID, next_run_time=datetime.now().astimezone())
+        # a one-off job: no jitter, and the interval grid is left as it is
+        self.scheduler.add_job(self._tick, next_run_time=datetime.now().astimezone())
 
     # ------------------------------------------------------------------ watchdog
     def _healthy_for_watchdog(self) -> bool:
@@ -104,9 +114,8 @@ class Daemon:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         self.scheduler.add_job(
-            self._tick,
-            IntervalTrigger(seconds=self.cfg.agent.interval_seconds,
-                            jitter=self.cfg.agent.jitter_seconds or None),
+            self._scheduled_tick,
+            IntervalTrigger(seconds=self.cfg.agent.interval_seconds),
             id=JOB_ID,
             next_run_time=datetime.now().astimezone(),
         )
@@ -148,7 +157,8 @@ class Daemon:
 
 def run_daemon(cfg: AgentConfig) -> int:
     logging.basicConfig(level=logging.WARNING)  # APScheduler's own warnings, if any
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler's own records are plain text; the agent logs what matters as events
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     store = StateStore(cfg.agent.state_dir)
     store.ensure_dir()
     lock = StateLock(cfg.agent.state_dir)

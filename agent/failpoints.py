@@ -13,7 +13,11 @@ import signal
 _ENV = "GITOPS_AGENT_FAILPOINTS"
 
 
+def armed(name: str) -> bool:
+    active = os.environ.get(_ENV) or ""
+    return name in active.split(",")
+
+
 def failpoint(name: str) -> None:
-    active = os.environ.get(_ENV)
-    if active and name in active.split(","):
+    if armed(name):
         os.kill(os.getpid(), signal.SIGKILL)
