@@ -48,6 +48,7 @@ from agent.errors import (
 from agent.failpoints import armed, failpoint
 from agent.plan import ObservedContainer, Plan, effective_target, make_plan, previous_digests
 from agent.retry import retry_transient
+from agent.secrets import token_from_file
 from agent.state import (
     AgentState,
     Change,
@@ -123,6 +124,7 @@ def build_source(cfg: AgentConfig) -> Source:
         cfg.source.path,
         cfg.agent.state_dir / "source.git",
         ssh_key_file=cfg.source.ssh_key_file,
+        token=token_from_file(cfg.source.token_file, "source.token_file"),
         timeout=cfg.source.timeout_seconds,
         allowed_signers_file=(
             cfg.trust.allowed_signers_file if cfg.trust.require_signed_commits else None
