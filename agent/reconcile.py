@@ -496,7 +496,8 @@ class Reconciler:
     def _wait_healthy(self, services: Sequence[str], target: Mapping[str, ImageDigest]) -> str | None:
         """None when every service is healthy at its target digest; else the reason."""
         return health.wait_healthy(
-            observe=lambda: self.engine.observe(self.cfg.compose.name, set(services)),
+            observe=lambda: self.engine.observe(self.cfg.compose.name, set(services),
+                                                detail=True),
             services=services,
             digests={s: target[s].digest for s in services},
             timeout=self.cfg.agent.health_timeout_seconds,

@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 from common import RESULTS_DIR, machine  # noqa: E402
 
 BENCHES = ("release_overhead", "idle_poll", "scale", "reaction", "failed_release",
-           "many_agents")
+           "many_agents", "zero_downtime")
 
 
 def ok(flag: bool) -> str:
@@ -91,6 +91,11 @@ def summary(r: dict[str, Any]) -> list[str]:
                    f"{h['per_minute_median']:.0f} req/min, peak {h['per_second_max']}/s, "
                    f"1 request per idle poll "
                    f"({x['real_requests']['requests_per_idle_poll']:.2f} measured)")
+    if "zero_downtime" in r:
+        x = r["zero_downtime"]["summary"]
+        cells = ", ".join(f"{case} {v['failed_max']} failed (max), slowest "
+                          f"{v['slowest_ms_max']} ms" for case, v in x.items())
+        out.append(f"9. zero-downtime (50 req/s through HAProxy): {cells}")
     return out
 
 

@@ -15,9 +15,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import docker
 import requests
+
+if TYPE_CHECKING:
+    from harness import Harness
 
 HAPROXY = "/usr/sbin/haproxy"
 IMAGE = "gitops-agent-test/haproxy:local"
@@ -160,3 +164,35 @@ def wait_serving(url: str, body: str, timeout: float = 30) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError(f"{url} never answered {body!r}")
+
+
+def add_proxy(h: "Harness", workdir: Path, service: str = "web") -> str:  # noqa: UP037
+    """Put an HAProxy service in front of ``service`` in the harness's compose project;
+    returns the proxy's URL on 127.0.0.1."""
+    import rig
+
+    build_proxy_image(h.client, workdir)
+    port = rig.free_port()
+    cfg = h.project.root / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CFG.format(service=service))
+    compose = h.project.project_dir / "compose.yml"
+    text = compose.read_text().replace(
+        "volumes:\n  webdata:", proxy_service_yaml(port, cfg) + "volumes:\n  webdata:")
+    compose.write_text(text)
+    return f"http://127.0.0.1:{port}/"
+
+
+def release_under_load(h: "Harness", url: str, web: str, order: str,  # noqa: UP037
+                       rate: float = 50) -> tuple[Any, LoadReport]:
+    """Commit ``web`` at the given update order and sync it while a loopback client sends
+    ``rate`` requests/s through the proxy; returns the sync result and the load report."""
+    import rig
+
+    h.commit(rig.desired_yaml(
+        {"web": (h.image("web"), h.images[web]), "api": (h.image("api"), h.images["api-v1"])},
+        {"web": {"update": order}}))
+    with LoadClient(url, rate=rate) as load:
+        time.sleep(0.5)
+        result = h.sync()
+        time.sleep(2)  # the proxy's view settles; requests keep flowing
+    return result, load.report

@@ -72,6 +72,33 @@ def classify_pull_error(registry: str, reference: str, message: str) -> Exceptio
     return RegistryUnavailable(registry, reference, msg)
 
 
+_EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
+
+
+def _from_summary(service: str, summary: dict[str, Any]) -> ObservedContainer:
+    """An ObservedContainer from the container list alone (no inspect)."""
+    image_ref = summary.get("Image") or ""
+    status_text = summary.get("Status") or ""
+    health = None
+    if "(healthy)" in status_text:
+        health = "healthy"
+    elif "(unhealthy)" in status_text:
+        health = "unhealthy"
+    elif "(health: starting)" in status_text:
+        health = "starting"
+    exited = _EXITED_RE.match(status_text)
+    return ObservedContainer(
+        service=service,
+        container_id=summary["Id"],
+        name=((summary.get("Names") or ["?"])[0]).lstrip("/"),
+        image_ref=image_ref,
+        digest=split_ref(image_ref)[1],
+        status=summary.get("State") or "unknown",
+        health=health,
+        exit_code=int(exited.group(1)) if exited else 0,
+    )
+
+
 class DockerEngine:
     """Thin wrapper over the docker SDK. One API client, safe to share between threads for
     the read-only calls the agent makes concurrently (pulls)."""
@@ -115,13 +142,18 @@ class DockerEngine:
 
     # ------------------------------------------------------------------ observe
     def observe(
-        self, project: str, services: Collection[str] | None = None
+        self,
+        project: str,
+        services: Collection[str] | None = None,
+        *,
+        detail: bool = False,
     ) -> dict[str, list[ObservedContainer]]:
         """Containers of a compose project, by service, with the digest each was created
-        from. Read-only: one list call, one inspect per container of ``services`` (all when
-        None) and one image inspect per distinct image whose digest the reference lacks.
-        Containers of other services are reported from the list call alone (status and
-        image reference; no digest or health), which is all an unmanaged service needs."""
+        from. Read-only, and cheap: one list call. The list gives each container's image
+        reference (``repo@sha256:…`` as the agent creates them), state and health; only with
+        ``detail`` (the health wait: restart count, exit code, health-check output), or for
+        a container created from a tag, is a container of ``services`` (all when None)
+        inspected as well. Containers of other services come from the list alone."""
         with self._api("observe"):
             raw = self.client.api.containers(
                 all=True, filters={"label": f"{PROJECT_LABEL}={project}"}
@@ -133,12 +165,10 @@ class DockerEngine:
                 if labels.get(ONEOFF_LABEL) == "True":
                     continue
                 service = labels.get(SERVICE_LABEL, "?")
-                if services is not None and service not in services:
-                    c = ObservedContainer(
-                        service=service, container_id=summary["Id"],
-                        name=((summary.get("Names") or ["?"])[0]).lstrip("/"),
-                        image_ref=summary.get("Image") or "", digest=None,
-                        status=summary.get("State") or "unknown", health=None)
+                wanted = services is None or service in services
+                pinned = "@sha256:" in (summary.get("Image") or "")
+                if not wanted or (pinned and not detail):
+                    c = _from_summary(service, summary)
                 else:
                     try:
                         attrs = self.client.api.inspect_container(summary["Id"])

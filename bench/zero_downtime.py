@@ -1,0 +1,102 @@
+"""Issue 9 — zero-downtime releases: failed requests and the slowest response through a
+real proxy (HAProxy with active health checks, over Docker's DNS) while a loopback client
+sends ~50 requests/s, for a good and a bad release, under start-first and stop-first.
+
+The scenario is the end-to-end test's (tests/e2e/test_zero_downtime.py, via
+tests/proxy.py), repeated ``--reps`` times per update order.
+
+    .venv/bin/python bench/zero_downtime.py [--quick] [--reps N]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import proxy  # noqa: E402
+import rig  # noqa: E402
+from common import base_args, log, median, write_results  # noqa: E402
+from harness import Harness  # noqa: E402
+
+from agent import retry  # noqa: E402
+from agent.edges.compose import find_compose_command  # noqa: E402
+
+IMAGES = {
+    "web-v1": ("e2e/web", "v1", "healthy", "web v1"),
+    "web-v2": ("e2e/web", "v2", "healthy", "web v2"),
+    "web-bad": ("e2e/web", "bad", "unhealthy", "web bad"),
+    "api-v1": ("e2e/api", "v1", "nohealth", "api v1"),
+    "side": ("e2e/side", "v1", "nohealth", "side"),
+}
+
+
+def main() -> int:
+    ap = base_args(__doc__ or "")
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+    reps = 1 if args.quick else args.reps
+    retry.set_fast(True)
+    client = rig.docker_client()
+    compose_cmd = find_compose_command()
+    results: dict[str, list[dict[str, Any]]] = {}
+    with rig.temp_root("gitops-bench-zd-") as root:
+        reg = rig.Registry(port=rig.free_port(), workdir=root / "registry").start()
+        try:
+            images = {k: rig.build_and_push(client, reg.host, *spec, workdir=root / "ctx")
+                      for k, spec in IMAGES.items()}
+            for rep in range(reps):
+                for order in ("start-first", "stop-first"):
+                    log(f"round {rep + 1}/{reps}: {order}")
+                    h = Harness.create(root / f"p{rep}-{order}", reg.host, images, client,
+                                       compose_cmd, name=f"zdb{uuid.uuid4().hex[:8]}",
+                                       handover=2.0)
+                    try:
+                        url = proxy.add_proxy(h, root)
+                        r, _ = proxy.release_under_load(h, url, "web-v1", order, rate=1)
+                        assert r.code == 0, r.summary()
+                        proxy.wait_serving(url, "web v1")
+                        for case, key, want in (("good", "web-v2", 0), ("bad", "web-bad", 1)):
+                            t0 = time.monotonic()
+                            r, rep_ = proxy.release_under_load(h, url, key, order)
+                            assert r.code == want, r.summary()
+                            results.setdefault(f"{order} {case}", []).append({
+                                "sent": rep_.sent, "failed": rep_.failed,
+                                "slowest_ms": round(rep_.slowest * 1000),
+                                "errors": rep_.errors, "seconds": round(time.monotonic() - t0, 2),
+                                "served_by_bad": rep_.bodies.get("web bad", 0),
+                            })
+                    finally:
+                        h.teardown()
+        finally:
+            reg.stop()
+    print("\n== zero-downtime releases (issue 9): ~50 req/s through HAProxy ==")
+    print(f"{'case':<22} {'runs':>4} {'sent':>6} {'failed (median/max)':>20} "
+          f"{'slowest ms (median/max)':>24} {'served by bad':>14}")
+    summary = {}
+    for case, runs in results.items():
+        failed = [r["failed"] for r in runs]
+        slow = [r["slowest_ms"] for r in runs]
+        row = {"runs": len(runs), "sent_median": median([r["sent"] for r in runs]),
+               "failed_median": median(failed), "failed_max": max(failed),
+               "slowest_ms_median": median(slow), "slowest_ms_max": max(slow),
+               "served_by_bad": sum(r["served_by_bad"] for r in runs)}
+        summary[case] = row
+        print(f"{case:<22} {row['runs']:>4} {row['sent_median']:>6.0f} "
+              f"{row['failed_median']:>12.0f} / {row['failed_max']:<5} "
+              f"{row['slowest_ms_median']:>15.0f} / {row['slowest_ms_max']:<6} "
+              f"{row['served_by_bad']:>12}")
+    ok = all(summary[c]["failed_max"] == 0 for c in ("start-first good", "start-first bad"))
+    print(f"target (start-first: 0 failed requests, good and bad): {'met' if ok else 'MISSED'}")
+    write_results("zero_downtime", {"summary": summary, "runs": results}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
