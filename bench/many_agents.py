@@ -1,11 +1,10 @@
 """Issue 7, item 6 — many agents polling one source.
 
 1,000 simulated agents poll one GitHub repository for 10 minutes of simulated time, on a
-virtual clock. Each agent's schedule comes from APScheduler's own ``IntervalTrigger`` (the
-object the daemon uses, ``interval_seconds`` 60 + ``jitter_seconds`` 10 by default): the first
-pass at daemon start, then ``get_next_fire_time(previous, …)`` — APScheduler adds
-``uniform(0, jitter)`` to the previous *jittered* fire time, so the offsets of an agent
-random-walk and the mean period is ``interval + jitter/2``.
+virtual clock. Each agent's schedule is the daemon's (agent/daemon.py): APScheduler's
+``IntervalTrigger`` ticks on a fixed grid every ``interval_seconds`` (60 by default), the first
+tick at start, and every pass — the first included — waits ``uniform(0, jitter_seconds)``
+(10 by default) after its tick. The mean period is ``interval``; offsets do not accumulate.
 
 Two fleets:
 
@@ -42,21 +41,23 @@ from common import base_args, log, median, write_results
 
 def fire_times(start: float, interval: float, jitter: float, until: float,
                epoch: datetime) -> list[float]:
-    """Fire times (seconds after ``epoch``) of one agent started at ``start``: the daemon's
-    first pass at start, then APScheduler's IntervalTrigger."""
-    trig = IntervalTrigger(seconds=interval, jitter=jitter or None, timezone=UTC,
-                           start_date=epoch + timedelta(seconds=start + interval))
-    out = [start]
-    prev = epoch + timedelta(seconds=start)
+    """Pass times (seconds after ``epoch``) of one agent started at ``start``, as
+    agent/daemon.py schedules them: APScheduler's IntervalTrigger without jitter puts ticks
+    on the grid ``start + k * interval`` (the first at start), and each tick waits
+    ``uniform(0, jitter)`` before its pass (``Daemon._scheduled_tick``)."""
+    trig = IntervalTrigger(seconds=interval, timezone=UTC,
+                           start_date=epoch + timedelta(seconds=start))
+    out = []
+    tick = epoch + timedelta(seconds=start)
     while True:
-        nxt = trig.get_next_fire_time(prev, prev)
-        if nxt is None:
-            break
-        t = (nxt - epoch).total_seconds()
+        t = (tick - epoch).total_seconds() + (random.uniform(0, jitter) if jitter else 0.0)
         if t > until:
             break
         out.append(t)
-        prev = nxt
+        nxt = trig.get_next_fire_time(tick, tick + timedelta(microseconds=1))
+        if nxt is None:
+            break
+        tick = nxt
     return out
 
 
