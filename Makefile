@@ -17,7 +17,7 @@ rig:
 	scripts/rig-up
 
 lint: venv
-	$(BIN)/ruff check agent tests bench scripts scripts/release-local
+	$(BIN)/ruff check agent tests bench demo scripts scripts/release-local
 	$(BIN)/mypy
 
 test: rig venv lint

@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -348,24 +347,12 @@ class Stack:
         self.write_config()
 
     def write_config(self) -> None:
-        self.config_path.write_text(textwrap.dedent(f"""\
-            [source]
-            repo = "{self.source_url or self.repo.origin}"
-            branch = "{self.repo.branch}"
-            path = "desired-state.yml"
-
-            [compose]
-            project_dir = "{self.project_dir}"
-            files = ["compose.yml"]
-            project_name = "{self.name}"
-
-            [agent]
-            interval_seconds = {self.interval}
-            jitter_seconds = {self.jitter}
-            health_timeout_seconds = {self.health_timeout}
-            settle_seconds = {self.settle}
-            state_dir = "{self.state_dir}"
-            """) + self.extra_agent)
+        self.config_path.write_text(rig.agent_toml(
+            repo=str(self.source_url or self.repo.origin), branch=self.repo.branch,
+            project_dir=self.project_dir, project_name=self.name, state_dir=self.state_dir,
+            interval=self.interval, jitter=self.jitter, health_timeout=self.health_timeout,
+            settle=self.settle,
+        ) + self.extra_agent)
 
     # ------------------------------------------------------------------ agent way
     def commit(self, digests: dict[str, str], message: str = "release",

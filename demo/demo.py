@@ -127,25 +127,10 @@ class Demo:
                 stop_grace_period: 3s
             """) + proxy.proxy_service_yaml(self.port, srv / "haproxy.cfg"))
         self.config = self.root / "agent.toml"
-        self.config.write_text(textwrap.dedent(f"""\
-            [source]
-            repo = "{self.repo.work}"
-            branch = "main"
-            path = "desired-state.yml"
-
-            [compose]
-            project_dir = "{srv}"
-            files = ["compose.yml"]
-            project_name = "{self.project}"
-
-            [agent]
-            interval_seconds = 2
-            jitter_seconds = 0.5
-            health_timeout_seconds = 15
-            settle_seconds = 1
-            handover_seconds = 2
-            state_dir = "{self.root / 'state'}"
-            """))
+        self.config.write_text(rig.agent_toml(
+            repo=str(self.repo.work), project_dir=srv, project_name=self.project,
+            state_dir=self.root / "state", interval=2, jitter=0.5, health_timeout=15,
+            settle=1, handover=2))
         say(f"  compose stack  hello + api + proxy on http://127.0.0.1:{self.port}/ "
             f"(project {self.project})")
         self.daemon = DaemonProcess(self.config)

@@ -259,6 +259,34 @@ def desired_yaml(services: dict[str, tuple[str, str]], extra: dict[str, dict[str
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------- agent config
+def agent_toml(
+    *, repo: str, project_dir: Path, project_name: str, state_dir: Path, branch: str = "main",
+    interval: float = 2, jitter: float = 0, health_timeout: float = 20, settle: float = 1,
+    handover: float | None = None,
+) -> str:
+    """The agent config the tests, the demo and the benchmarks run with."""
+    handover_line = "" if handover is None else f"handover_seconds = {handover}\n"
+    return textwrap.dedent(f"""\
+        [source]
+        repo = "{repo}"
+        branch = "{branch}"
+        path = "desired-state.yml"
+
+        [compose]
+        project_dir = "{project_dir}"
+        files = ["compose.yml"]
+        project_name = "{project_name}"
+
+        [agent]
+        interval_seconds = {interval}
+        jitter_seconds = {jitter}
+        health_timeout_seconds = {health_timeout}
+        settle_seconds = {settle}
+        state_dir = "{state_dir}"
+        """) + handover_line
+
+
 # --------------------------------------------------------------------------- compose project
 @dataclass
 class Project:
@@ -307,25 +335,11 @@ class Project:
     def write(self, side_ref: str) -> Project:
         self.project_dir.mkdir(parents=True, exist_ok=True)
         (self.project_dir / "compose.yml").write_text(self.compose_text or self.default_compose(side_ref))
-        self.config_path.write_text(textwrap.dedent(f"""\
-            [source]
-            repo = "{self.repo.origin}"
-            branch = "{self.repo.branch}"
-            path = "desired-state.yml"
-
-            [compose]
-            project_dir = "{self.project_dir}"
-            files = ["compose.yml"]
-            project_name = "{self.name}"
-
-            [agent]
-            interval_seconds = 2
-            jitter_seconds = 0
-            health_timeout_seconds = {self.health_timeout}
-            settle_seconds = {self.settle}
-            handover_seconds = {self.handover}
-            state_dir = "{self.state_dir}"
-            """) + self.extra_config)
+        self.config_path.write_text(agent_toml(
+            repo=str(self.repo.origin), branch=self.repo.branch, project_dir=self.project_dir,
+            project_name=self.name, state_dir=self.state_dir,
+            health_timeout=self.health_timeout, settle=self.settle, handover=self.handover,
+        ) + self.extra_config)
         return self
 
     def down(self, compose_cmd: list[str]) -> None:
