@@ -58,6 +58,7 @@ class Registry:
     port: int
     workdir: Path
     htpasswd: Path | None = None
+    log_requests: bool = False  # the access log, for benchmarks that count requests
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,7 +71,9 @@ class Registry:
         cfg = textwrap.dedent(f"""\
             version: 0.1
             log:
-              level: warn
+              level: {"error" if self.log_requests else "warn"}
+              accesslog:
+                disabled: {"false" if self.log_requests else "true"}
             storage:
               filesystem:
                 rootdirectory: {storage}
