@@ -155,15 +155,9 @@ def build_and_push(client: docker.DockerClient, registry: str, repo: str, tag: s
     ctx = build_context(workdir / f"{repo.replace('/', '_')}-{tag}", variant, version)
     ref = f"{registry}/{repo}"
     client.images.build(path=str(ctx), tag=f"{ref}:{tag}", rm=True, forcerm=True)
-    digest = None
-    for chunk in client.api.push(ref, tag=tag, stream=True, decode=True):
-        if "error" in chunk:
-            raise RuntimeError(f"push {ref}:{tag}: {chunk['error']}")
-        digest = (chunk.get("aux") or {}).get("Digest") or digest
-    if not digest:
-        raise RuntimeError(f"push {ref}:{tag} reported no digest")
+    digest = rig.push_image(client, ref, tag)
     rig.remove_local_image(client, f"{ref}:{tag}")
-    return str(digest)
+    return digest
 
 
 def remove_images(client: docker.DockerClient, refs: Iterable[str]) -> None:
