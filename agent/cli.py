@@ -324,10 +324,6 @@ def cmd_history(cfg: AgentConfig, *, as_json: bool, n: int) -> int:
     return EXIT_OK
 
 
-def entry() -> None:  # pragma: no cover
-    sys.exit(main())
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
 

@@ -6,7 +6,6 @@ The outcome is always recorded, failures included.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -156,8 +155,6 @@ class Reconciler:
             override=self.override_path,
         )
         self.registry_auth = dict(registry_auth or {})
-        # set by the daemon on SIGTERM: stop waiting on things that can wait (not rollouts)
-        self.stopping = threading.Event()
 
     # ================================================================== the pass
     def run_pass(self, *, force: bool = False) -> PassResult:

@@ -178,10 +178,6 @@ class DockerEngine:
                 out.setdefault(c.service, []).append(c)
             return out
 
-    def inspect(self, container_id: str) -> ObservedContainer:
-        with self._api("inspect"):
-            return self._to_observed(self.client.api.inspect_container(container_id), {})
-
     def _to_observed(
         self, attrs: dict[str, Any], image_digests: dict[str, list[str]]
     ) -> ObservedContainer:
