@@ -223,10 +223,13 @@ class Reconciler:
                 previous=previous,
                 message="branch head moved to an older commit (force-push?); following it",
             )
-        try:
-            write_atomic(self.cfg.agent.state_dir / DESIRED_CACHE, fetched.content)
-        except AgentEnvironmentError:
-            pass  # the cache only serves `status`; the record itself is checked later
+        cache = self.cfg.agent.state_dir / DESIRED_CACHE
+        seen = state.last_attempted.revision if state.last_attempted else None
+        if seen != fetched.revision or not cache.exists():  # not rewritten on idle passes
+            try:
+                write_atomic(cache, fetched.content)
+            except AgentEnvironmentError:
+                pass  # the cache only serves `status`; the record itself is checked later
         return fetched
 
     def load_desired(self, fetched: Fetched) -> Loaded:
