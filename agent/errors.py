@@ -100,6 +100,14 @@ class RegistryAuthError(ReleaseFailed):
         )
 
 
+class Unhealthy(ReleaseFailed):
+    """The release was applied and did not become healthy: it is rolled back."""
+
+
+class ApplyFailed(ReleaseFailed):
+    """``docker compose`` could not apply the release: it is rolled back."""
+
+
 class ImageNotFound(ReleaseFailed):
     """The registry does not have the manifest the desired state names."""
 

@@ -1,0 +1,75 @@
+"""The boundaries the reconcile pass talks to, as protocols.
+
+Pure: the real implementations live in ``agent/edges`` (git/GitHub source, docker SDK,
+compose CLI); the unit tests of the pass use honest in-memory fakes of the same shape
+(``tests/fakes.py``). Reporting (commit statuses, metrics, notifications) plugs in as a
+:class:`PassObserver`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent.plan import ObservedContainer
+
+if TYPE_CHECKING:
+    from agent.outcomes import PassResult
+
+
+@dataclass(frozen=True)
+class Fetched:
+    revision: str  # commit SHA the content was read at
+    content: bytes  # desired-state.yml at exactly that revision
+    path: str  # path inside the repository, for messages
+    went_backwards: bool = False  # the branch head moved to an ancestor (force-push)
+    trust_error: str | None = None  # set when the trust policy refuses this revision
+
+
+class Source(Protocol):
+    def fetch(self) -> Fetched: ...
+
+    def describe(self) -> str: ...
+
+
+class Engine(Protocol):
+    """The Docker engine: containers of a project, images by digest."""
+
+    def observe(
+        self, project: str, services: Collection[str] | None = None, *, detail: bool = False
+    ) -> dict[str, list[ObservedContainer]]: ...
+
+    def has_image(self, image: str, digest: str) -> bool: ...
+
+    def pull(self, image: str, digest: str, auth: dict[str, str] | None = None) -> None: ...
+
+    def stop_and_remove(self, container_id: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ComposeProject(Protocol):
+    """``docker compose`` on the project: its model, and up/rm of named services."""
+
+    def services(self) -> dict[str, Any]: ...
+
+    def up(
+        self,
+        services: Sequence[str],
+        *,
+        pull: str = "never",
+        scale: Mapping[str, int] | None = None,
+        no_recreate: bool = False,
+    ) -> None: ...
+
+    def remove(self, services: Sequence[str]) -> None: ...
+
+
+class PassObserver(Protocol):
+    """Told about a pass as it happens. Must not raise and must not block for long: a
+    report that cannot be delivered is the observer's problem, never the release's."""
+
+    def release_started(self, revision: str, services: Sequence[str]) -> None: ...
+
+    def pass_finished(self, result: PassResult) -> None: ...
