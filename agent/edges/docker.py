@@ -182,6 +182,8 @@ class DockerEngine:
                     try:
                         self._client = docker.from_env(timeout=int(self._timeout))
                     except docker.errors.DockerException as e:
+                        if _permission_denied(e):
+                            raise _socket_denied("connect") from None
                         raise DockerUnavailable(f"Docker engine not reachable: {e}") from None
         return self._client
 
