@@ -37,6 +37,7 @@ from agent.errors import (
     DockerUnavailable,
     ImageNotFound,
     InvalidInput,
+    PlatformMismatch,
     RegistryAuthError,
     RegistryUnavailable,
     ReleaseFailed,
@@ -309,6 +310,11 @@ class Reconciler:
             log.error("agent.pull.not_found", error=str(e))
             state.mark_failed(rev, str(e))
             return PassResult("failed", rev, plan.changes, reason=str(e), error=e)
+        except PlatformMismatch as e:
+            log.error("agent.pull.wrong_platform", error=str(e), wanted=e.wanted,
+                      actual=e.actual)
+            state.mark_failed(rev, str(e))
+            return PassResult("failed", rev, plan.changes, reason=str(e), error=e)
         failpoint("after-pull")
 
         # ---- record intent, then act
@@ -477,7 +483,8 @@ class Reconciler:
             futures = [pool.submit(pull_one, c) for c in todo]
             errors = [f.exception() for f in futures]
         # auth / not-found errors first: they say what a person must fix
-        for kind in (RegistryAuthError, ImageNotFound, TransientError, BaseException):
+        for kind in (RegistryAuthError, ImageNotFound, PlatformMismatch, TransientError,
+                     BaseException):
             for err in errors:
                 if isinstance(err, kind):
                     raise err
