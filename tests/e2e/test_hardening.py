@@ -103,7 +103,7 @@ def test_digest_for_another_platform_fails_naming_both_platforms_and_touches_not
     harness.release(web="web-v1", api="api-v1")
     assert harness.sync().code == 0
     before = harness.container_ids()
-    harness.commit(rig.desired_yaml({
+    rev = harness.commit(rig.desired_yaml({
         "web": (image, single if kind == "single-manifest" else index),
         "api": (harness.image("api"), harness.images["api-v2"]),
     }), "release for the wrong platform")
@@ -118,6 +118,11 @@ def test_digest_for_another_platform_fails_naming_both_platforms_and_touches_not
     assert harness.container_ids() == before  # nothing touched: api-v2 not applied either
     assert harness.running_digest("web") == harness.images["web-v1"]
     assert harness.serve("web") == "web v1"
+    # permanent for that digest: the revision is failed, not pulled again every pass
+    assert rev in harness.state()["failed_revisions"]
+    again = harness.sync()
+    assert again.summary()["outcome"] == "skipped"
+    assert again.find("agent.pull.started") == []
 
 
 def test_docker_socket_permission_denied_is_an_environment_error_not_docker_login(
