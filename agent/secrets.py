@@ -68,6 +68,17 @@ def _unsafe(path: Path, st: os.stat_result, secret: bool) -> str | None:
     return None
 
 
+def trusted_copy(path: Path, what: str, dest: Path) -> Path:
+    """Check ``path`` as :func:`check_trusted_file` (not a secret) and copy its content to
+    ``dest`` (in state_dir, mode 0600, replaced atomically). Give ``dest`` to a tool that
+    opens the file by name itself (``git -c gpg.ssh.allowedSignersFile=``): what it reads is
+    then what was checked, whatever happens to ``path`` meanwhile."""
+    from agent.state import write_atomic
+
+    write_atomic(dest, check_trusted_file(path, what, secret=False), mode=0o600)
+    return dest
+
+
 def read_secret_file(path: Path, what: str) -> str:
     try:
         value = check_trusted_file(path, what, secret=True).decode("utf-8").strip()
@@ -94,4 +105,7 @@ def token_from_file(path: Path | None, what: str) -> str | None:
     return read_secret_file(path, what)
 
 
-__all__ = ["check_trusted_file", "read_secret_file", "registry_auth", "token_from_file"]
+__all__ = [
+    "check_trusted_file", "read_secret_file", "registry_auth", "token_from_file",
+    "trusted_copy",
+]

@@ -28,7 +28,7 @@ from agent.errors import (
     UnsafeStateDir,
 )
 from agent.outcomes import EXIT_ENVIRONMENT, EXIT_RELEASE_FAILED, disposition, exit_code
-from agent.secrets import check_trusted_file, read_secret_file, token_from_file
+from agent.secrets import check_trusted_file, read_secret_file, token_from_file, trusted_copy
 from agent.state import StateLock, StateStore, write_atomic
 
 NOBODY = 65534
@@ -167,6 +167,20 @@ def test_allowed_signers_through_a_symlink_or_not_a_file_is_refused(tmp_path):
         check_trusted_file(tmp_path / "fifo", "trust.allowed_signers_file", secret=False)
     with pytest.raises(ConfigError, match="cannot read"):
         check_trusted_file(tmp_path / "absent", "trust.allowed_signers_file", secret=False)
+
+
+def test_trusted_copy_gives_the_tool_the_checked_content_in_a_private_file(tmp_path):
+    signers = _file(tmp_path, "allowed_signers", 0o644, "ci@example.test ssh-ed25519 AAAA")
+    dest = tmp_path / "state" / "allowed_signers"
+    dest.parent.mkdir(mode=0o700)
+    assert trusted_copy(signers, "trust.allowed_signers_file", dest) == dest
+    assert dest.read_text() == signers.read_text()
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o600
+    signers.write_text("attacker ssh-ed25519 BBBB\n")
+    signers.chmod(0o666)
+    with pytest.raises(ConfigError):
+        trusted_copy(signers, "trust.allowed_signers_file", dest)
+    assert "attacker" not in dest.read_text()  # the copy is not replaced by unchecked content
 
 
 # --------------------------------------------------------------------------- state_dir
