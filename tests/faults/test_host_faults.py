@@ -93,7 +93,7 @@ def test_state_dir_full_refuses_to_act_exit_4(harness):
     h = harness
     sd = h.project.state_dir
     sd.mkdir(parents=True)
-    with _mounted(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(sd)], target=sd):
+    with _mounted(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0750", "tmpfs", str(sd)], target=sd):
         h.release(web="web-v1", api="api-v1")
         assert h.sync().code == 0
         from faultkit import write_marker
