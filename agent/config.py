@@ -5,12 +5,22 @@ Pure: imports nothing that touches Docker, git or the network.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import ConfigError
 
@@ -33,6 +43,29 @@ class SourceConfig(_Strict):
     token_file: Path | None = None
     timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
 
+    @field_validator("repo", "api_url")
+    @classmethod
+    def _no_credentials_in_url(cls, v: str) -> str:
+        problem = url_credentials_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_only_over_tls(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        # fields are validated in order: kind, repo and api_url are known here
+        if v is None:
+            return v
+        url = info.data.get("api_url") if info.data.get("kind") == "github" else \
+            info.data.get("repo")
+        if isinstance(url, str) and cleartext_to_remote_host(url):
+            raise ValueError(
+                "a token would be sent in clear text over http:// to a remote host; use "
+                "https:// (http:// is accepted only to loopback: 127.0.0.0/8, ::1, localhost)"
+            )
+        return v
+
     @field_validator("path")
     @classmethod
     def _relative(cls, v: str) -> str:
@@ -47,6 +80,48 @@ class SourceConfig(_Strict):
             if len(parts) != 2 or not all(parts):
                 raise ValueError("with kind = \"github\", repo must be \"owner/name\"")
         return self
+
+
+def _split_url(url: str) -> SplitResult | None:
+    """``url`` split, or None for what git takes as a path or an scp-like address."""
+    if "://" not in url:
+        return None
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
+
+
+def url_credentials_problem(url: str) -> str | None:
+    """Why ``url`` must not be used as it is (it carries credentials), or None. The message
+    never repeats the URL: it is a secret."""
+    parts = _split_url(url)
+    if parts is None or "@" not in parts.netloc:
+        return None
+    userinfo = parts.netloc.rsplit("@", 1)[0]
+    # ssh://git@host/... names the login user, no secret; a password never belongs there,
+    # and an http(s) user name is itself often a token (https://ghp_xxx@github.com/...)
+    if ":" in userinfo or parts.scheme.lower() in ("http", "https"):
+        return (
+            "the URL carries credentials (user:token@); they would be on every git command "
+            "line and in logs: remove them from the URL and put the token in "
+            "source.token_file"
+        )
+    return None
+
+
+def cleartext_to_remote_host(url: str) -> bool:
+    """``http://`` to a host that is not loopback (127.0.0.0/8, ::1, localhost)."""
+    parts = _split_url(url)
+    if parts is None or parts.scheme.lower() != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 class ComposeConfig(_Strict):

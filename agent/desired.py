@@ -194,19 +194,61 @@ def check_allowed_images(desired: DesiredState, allowed: list[str] | None, sourc
     if allowed is None:
         return
     problems = [
-        f"At 'services.{name}.image': {spec.image!r} is outside the allowlist "
-        f"([trust] allowed_images)"
+        f"At 'services.{name}.image': {spec.image!r} ({'/'.join(normalize_repository(spec.image))}"
+        f") is outside the allowlist ([trust] allowed_images)"
         for name, spec in desired.services.items()
-        if not any(_image_allowed(spec.image, prefix) for prefix in allowed)
+        if not any(_image_allowed(spec.image, entry) for entry in allowed)
     ]
     if problems:
         raise DesiredStateError(source, problems)
 
 
-def _image_allowed(image: str, prefix: str) -> bool:
-    if prefix.endswith("/"):
-        return image.startswith(prefix)
-    return image == prefix or image.startswith(prefix + "/")
+DOCKER_HUB = "docker.io"
+_HUB_ALIASES = ("docker.io", "index.docker.io")
+
+
+def _split_domain(name: str) -> tuple[str, str]:
+    """(domain, path) as docker's reference library splits a name: the first component is a
+    registry only if it has a '.' or ':' or is 'localhost'; else the name is on Docker Hub."""
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        domain = first.lower()
+        return (DOCKER_HUB if domain in _HUB_ALIASES else domain), rest
+    return DOCKER_HUB, name
+
+
+def normalize_repository(image: str) -> tuple[str, str]:
+    """An image repository in docker's normalised form (``ParseNormalizedNamed``):
+    ``traefik``, ``library/traefik``, ``docker.io/traefik`` and
+    ``index.docker.io/library/traefik`` are all ``("docker.io", "library/traefik")``."""
+    domain, path = _split_domain(image)
+    if domain == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    return domain, path
+
+
+def _image_allowed(image: str, entry: str) -> bool:
+    """Whether ``image`` is allowed by one ``[trust] allowed_images`` entry.
+
+    Both sides are normalised first. An entry ending in ``/`` is a namespace: every
+    repository *below* it (``ghcr.io/acme/`` allows ``ghcr.io/acme/web``; ``ghcr.io/``
+    allows all of ghcr.io; ``traefik/`` allows ``docker.io/traefik/whoami``). Any other
+    entry is a repository: that repository and those below it, whole components only
+    (``traefik`` is ``docker.io/library/traefik``: not ``traefik/whoami``, not
+    ``ghcr.io/traefik``).
+    """
+    domain, path = normalize_repository(image)
+    if entry.endswith("/"):
+        namespace = entry.rstrip("/")
+        if not namespace:
+            return False
+        # split as if a repository followed, so "ghcr.io/" is a registry, "traefik/" a
+        # namespace on Docker Hub
+        want_domain, want_path = _split_domain(namespace + "/_")
+        want_path = want_path[: -len("/_")] if want_path != "_" else ""
+        return domain == want_domain and (not want_path or path.startswith(want_path + "/"))
+    want_domain, want_path = normalize_repository(entry)
+    return domain == want_domain and (path == want_path or path.startswith(want_path + "/"))
 
 
 STATEFUL_LABEL = "gitops-agent.stateful"

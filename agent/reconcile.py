@@ -44,6 +44,7 @@ from agent.errors import (
     ComposeError,
     DockerUnavailable,
     ImageNotFound,
+    PlatformMismatch,
     RegistryAuthError,
     RegistryUnavailable,
     StateWriteError,
@@ -376,7 +377,8 @@ class Reconciler:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull") as pool:
             errors = [f.exception() for f in [pool.submit(self._pull_one, c) for c in todo]]
         # auth / not-found errors first: they say what a person must fix
-        for kind in (RegistryAuthError, ImageNotFound, TransientError, BaseException):
+        for kind in (RegistryAuthError, ImageNotFound, PlatformMismatch, TransientError,
+                     BaseException):
             for err in errors:
                 if isinstance(err, kind):
                     raise err
@@ -393,6 +395,10 @@ class Reconciler:
             raise
         except ImageNotFound as e:
             log.error("agent.pull.not_found", service=c.service, error=str(e))
+            raise
+        except PlatformMismatch as e:
+            log.error("agent.pull.wrong_platform", service=c.service, wanted=e.wanted,
+                      actual=e.actual, error=str(e))
             raise
         except AgentError as e:
             log.error("agent.pull.failed", service=c.service, error=str(e),

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from agent.errors import ComposeError, ComposeFileError
+from agent.errors import ComposeError, ComposeFileError, ComposeMissing
 from agent.log import redact_text
 from agent.state import write_atomic
 
@@ -44,6 +44,13 @@ def find_compose_command(configured: Sequence[str] | None = None) -> list[str]:
     if standalone:
         return [standalone]
     return ["docker", "compose"]
+
+
+def _plugin_missing(stderr: bytes) -> bool:
+    """``docker compose`` run by a docker CLI without the compose plugin."""
+    text = stderr.decode(errors="replace")
+    return "'compose' is not a docker command" in text or "unknown command: docker compose" in \
+        text
 
 
 class Compose:
@@ -83,7 +90,14 @@ class Compose:
         except subprocess.TimeoutExpired:
             raise ComposeError(cmd, -1, f"timed out after {timeout or self.timeout:.0f}s") from None
         except FileNotFoundError:
-            raise ComposeError(cmd, 127, f"{cmd[0]}: command not found (compose v2 needed)") from None
+            raise ComposeMissing(cmd, "command not found") from None
+        except PermissionError:
+            raise ComposeMissing(cmd, "not executable by the agent's user") from None
+        if proc.returncode == 127 or (proc.returncode != 0 and _plugin_missing(proc.stderr)):
+            # "docker compose" without the plugin, or a wrapper that could not find it
+            raise ComposeMissing(cmd, redact_text(
+                proc.stderr.decode(errors="replace").strip().splitlines()[-1]
+                if proc.stderr.strip() else f"exit {proc.returncode}"))
         if proc.returncode != 0:
             raise ComposeError(cmd, proc.returncode, redact_text(proc.stderr.decode(errors="replace")))
         return proc.stdout.decode(errors="replace")
@@ -97,7 +111,7 @@ class Compose:
         try:
             out = self._run([*self._base(with_override), "config", "--format", "json"],
                             timeout=60)
-        except ComposeError as e:
+        except ComposeError as e:  # ComposeMissing is an environment error: it goes through
             lines = [ln for ln in e.stderr.strip().splitlines() if ln.strip()]
             raise ComposeFileError(
                 ", ".join(str(f) for f in self.files),
