@@ -54,6 +54,10 @@ class ComposeProject(Protocol):
 
     def services(self) -> dict[str, Any]: ...
 
+    def inactive_services(self) -> dict[str, list[str]]:
+        """Services that exist only under profiles that are not active -> their profiles."""
+        ...
+
     def up(
         self,
         services: Sequence[str],
