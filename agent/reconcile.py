@@ -153,6 +153,7 @@ class Reconciler:
             cfg.compose.files,
             cfg.compose.name,
             override=self.override_path,
+            profiles=cfg.compose.profiles,
         )
         self.registry_auth = dict(registry_auth or {})
 
@@ -240,7 +241,10 @@ class Reconciler:
         desired = parse_desired_state(fetched.content, source)
         check_allowed_images(desired, self.cfg.trust.allowed_images, source)
         compose_services = self.compose.services()
-        check_against_compose(desired, compose_services, source)
+        inactive = (self.compose.inactive_services()
+                    if set(desired.services) - set(compose_services) else {})
+        check_against_compose(desired, compose_services, source, inactive=inactive,
+                              compose_files=", ".join(self.cfg.compose.files))
         orders = resolve_update_orders(desired, compose_services, source)
         return Loaded(desired, compose_services, orders)
 
