@@ -116,7 +116,7 @@ class DesiredState(BaseModel):
             bad = [k for k in v if not isinstance(k, str) or not SERVICE_NAME_RE.match(k)]
             if bad:
                 raise ValueError(
-                    f"service names must be {SERVICE_NAME_RULE}: "
+                    f"service names must be strings of {SERVICE_NAME_RULE}: "
                     f"{', '.join(repr(b) for b in bad[:5])}"
                 )
         return v
@@ -173,8 +173,8 @@ def yaml_problem(err: YAMLError) -> str:
         m = re.match(r'found duplicate key "(.*?)" with value', problem)
         key = m.group(1) if m else "?"
         first = _at(err.context_mark).split(",")[0] if err.context_mark is not None else ""
-        return (f"not valid YAML: key {key!r} appears twice in the same mapping "
-                f"(at {where.split(',')[0]}; the mapping starts at {first})")
+        return (f'not valid YAML: duplicate key "{key}" at {where.split(",")[0]} '
+                f"(the mapping starts at {first})")
     if problem.startswith("could not determine a constructor for the tag"):
         tag = problem.rsplit(" ", 1)[-1]
         return (f"not valid YAML: the tag {tag} at {where} is not allowed here "
@@ -184,7 +184,7 @@ def yaml_problem(err: YAMLError) -> str:
         return (f"not valid YAML: a second document starts at {where.split(',')[0]} ('---'); "
                 "desired-state is a single document")
     context = " ".join((err.context or "").split())
-    text = f"not valid YAML at {where}: {problem}" if where else f"not valid YAML: {problem}"
+    text = f"not valid YAML: {where}: {problem}" if where else f"not valid YAML: {problem}"
     if context and err.context_mark is not None:
         text += f" ({context} started at {_at(err.context_mark)})"
     return text
