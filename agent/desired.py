@@ -211,7 +211,7 @@ def check_against_compose(
     source: str,
     *,
     inactive: Mapping[str, Sequence[str]] | None = None,
-    compose_files: str = "the compose files",
+    compose_files: str = "",
 ) -> None:
     """A service listed in desired-state must be a service of the compose project as compose
     itself resolves it (includes, extends, overrides, active profiles).
@@ -221,6 +221,7 @@ def check_against_compose(
     """
     known = set(compose_services)
     gated = inactive or {}
+    files = f"the compose files {compose_files}" if compose_files else "the compose files"
     problems = []
     for name in desired.services:
         if name in known:
@@ -230,14 +231,14 @@ def check_against_compose(
             which = (f"profile {names[0]!r}, which is not active" if len(names) == 1 else
                      f"profiles {', '.join(repr(p) for p in names)}, none of them active")
             problems.append(
-                f"At 'services.{name}': service {name!r} is in {compose_files} but only "
+                f"At 'services.{name}': service {name!r} is in {files} but only "
                 f"under {which}; activate it with "
                 f"[compose] profiles in the agent config (validate: --profile NAME) or "
                 f"remove the service from desired-state"
             )
         else:
             problems.append(
-                f"At 'services.{name}': no service {name!r} in {compose_files} "
+                f"At 'services.{name}': no service {name!r} in {files} "
                 f"(they define: {', '.join(sorted(known | set(gated))) or 'nothing'})"
             )
     if problems:

@@ -72,7 +72,8 @@ def test_service_only_under_inactive_profiles_names_every_profile() -> None:
         check_against_compose(_state("web", "ops"), ["web"], "ds.yml",
                               inactive={"ops": ["tools", "debug"]}, compose_files="compose.yml")
     (p,) = e.value.problems
-    assert p.startswith("At 'services.ops': service 'ops' is in compose.yml but only under "
+    assert p.startswith("At 'services.ops': service 'ops' is in the compose files compose.yml "
+                        "but only under "
                         "profiles 'tools', 'debug', none of them active")
 
 
@@ -81,7 +82,8 @@ def test_service_absent_even_under_every_profile_is_missing_and_names_the_files(
         check_against_compose(_state("ghost"), ["web"], "ds.yml", inactive={"dbg": ["debug"]},
                               compose_files="a.yml, b.yml")
     assert e.value.problems == [
-        "At 'services.ghost': no service 'ghost' in a.yml, b.yml (they define: dbg, web)"]
+        "At 'services.ghost': no service 'ghost' in the compose files a.yml, b.yml "
+        "(they define: dbg, web)"]
 
 
 def test_config_compose_profiles_default_empty_and_refuse_option_like_names() -> None:
