@@ -36,6 +36,7 @@ from agent.desired import (
     DIGEST_RE,
     REPOSITORY_RE,
     SERVICE_NAME_RE,
+    SERVICE_NAME_RULE,
     TAG_RE,
     DesiredState,
     parse_desired_state,
@@ -82,8 +83,7 @@ def check_changes(changes: Sequence[Change]) -> list[str]:
         where = f"At '{c.service}'"
         if not SERVICE_NAME_RE.match(c.service):
             problems.append(
-                f"{where}: {c.service!r} is not a valid service name (lowercase ASCII "
-                "letters, digits, '.', '_' or '-')"
+                f"{where}: {c.service!r} is not a valid service name ({SERVICE_NAME_RULE})"
             )
         if c.service in seen:
             problems.append(f"{where}: service given more than once")

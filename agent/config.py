@@ -130,6 +130,10 @@ class ComposeConfig(_Strict):
     project_name: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     # The compose v2 command; default: docker-compose v2 binary on PATH or the CLI plugin.
     command: list[str] | None = None
+    # The compose profiles the project runs with (each passed as --profile). Empty: compose
+    # decides, as it does by hand (COMPOSE_PROFILES in the environment or the project's .env).
+    profiles: list[Annotated[str, Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")]] = Field(
+        default_factory=list)
 
     @property
     def name(self) -> str:

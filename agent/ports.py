@@ -59,6 +59,10 @@ class ComposeProject(Protocol):
     def pin(self, images: Mapping[str, str]) -> None:
         """Pin services to ``image@digest`` for every later compose call (the override)."""
 
+    def inactive_services(self) -> dict[str, list[str]]:
+        """Services that exist only under profiles that are not active -> their profiles."""
+        ...
+
     def up(
         self,
         services: Sequence[str],

@@ -162,7 +162,7 @@ def _default_compose(cfg: AgentConfig) -> ComposeProject:
 
     return Compose(find_compose_command(cfg.compose.command), cfg.compose.project_dir,
                    cfg.compose.files, cfg.compose.name,
-                   override=cfg.agent.state_dir / OVERRIDE_FILE)
+                   override=cfg.agent.state_dir / OVERRIDE_FILE, profiles=cfg.compose.profiles)
 
 
 class Reconciler:
@@ -289,7 +289,10 @@ class Reconciler:
         desired = parse_desired_state(fetched.content, source)
         check_allowed_images(desired, self.cfg.trust.allowed_images, source)
         compose_services = self.compose.services()
-        check_against_compose(desired, compose_services, source)
+        inactive = (self.compose.inactive_services()
+                    if set(desired.services) - set(compose_services) else {})
+        check_against_compose(desired, compose_services, source, inactive=inactive,
+                              compose_files=", ".join(self.cfg.compose.files))
         orders = resolve_update_orders(desired, compose_services, source)
         return Loaded(fetched, desired, compose_services, orders)
 

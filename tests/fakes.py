@@ -183,12 +183,16 @@ class FakeCompose:
     engine: FakeEngine
     model: dict[str, Any] = field(default_factory=dict)
     pins: dict[str, str] = field(default_factory=dict)
+    inactive: dict[str, list[str]] = field(default_factory=dict)  # profile-gated services
     fail_up: int = 0  # the next N `up` calls fail (the release's fault)
     ups: list[tuple[list[str], dict[str, int], bool]] = field(default_factory=list)
     kill_on_up: int | None = None  # raise Killed on the Nth `up` call (1-based)
 
     def services(self) -> dict[str, Any]:
         return self.model
+
+    def inactive_services(self) -> dict[str, list[str]]:
+        return self.inactive
 
     def pin(self, images: Mapping[str, str]) -> None:
         self.pins = dict(images)

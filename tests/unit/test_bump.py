@@ -208,7 +208,7 @@ def test_one_refused_service_refuses_the_whole_call() -> None:
 
 def test_invalid_tag_image_and_service_name_are_refused() -> None:
     with pytest.raises(DesiredStateError) as e:
-        bump_text(ORIGINAL, [Change("API", B), Change("x", B, tag="bad tag", image="Bad:1")])
+        bump_text(ORIGINAL, [Change("-api", B), Change("x", B, tag="bad tag", image="Bad:1")])
     text = str(e.value)
     assert "not a valid service name" in text
     assert "not a valid tag" in text
