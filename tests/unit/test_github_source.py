@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from agent.config import AgentConfig, parse_config
 from agent.edges.github import CACHE_FILE, USER_AGENT, GitHubSource, RateLimited
-from agent.errors import ConfigError, DesiredStateError, SourceUnavailable
+from agent.errors import ConfigError, DesiredStateError, SourceUnavailable, TransientError
 from agent.retry import retry_transient
 
 TOKEN = "ghp_s3cr3tTokenValue0123456789abcdef"
@@ -48,7 +48,7 @@ def token_file(tmp_path: Path) -> Path:
 
 
 def make_cfg(tmp_path: Path, api_url: str, *, token_file: Path | None = None,
-             signed: bool = False, **source: Any) -> AgentConfig:
+             signed: bool = False, signers: Path | None = None, **source: Any) -> AgentConfig:
     data: dict[str, Any] = {
         "source": {"kind": "github", "repo": "acme/shop", "branch": "main", "path": PATH,
                    "api_url": api_url, "timeout_seconds": 5.0, **source},
@@ -58,10 +58,10 @@ def make_cfg(tmp_path: Path, api_url: str, *, token_file: Path | None = None,
     if token_file is not None:
         data["source"]["token_file"] = str(token_file)
     if signed:
-        # the config asks for a signers file with require_signed_commits (used by the git
-        # kind); the github kind relies on GitHub's own verification
-        data["trust"] = {"require_signed_commits": True,
-                         "allowed_signers_file": str(tmp_path / "allowed_signers")}
+        # without a signers file the github kind takes GitHub's own verification
+        data["trust"] = {"require_signed_commits": True}
+    if signers is not None:
+        data["trust"] = {"require_signed_commits": True, "allowed_signers_file": str(signers)}
     (tmp_path / "state").mkdir(exist_ok=True)
     return parse_config(data)
 
@@ -90,7 +90,8 @@ def test_first_poll_asks_for_the_head_then_the_file_at_that_sha(gh, tmp_path, to
     assert head.status == 200
     assert contents.path == f"/repos/acme/shop/contents/{PATH}"
     assert contents.query == {"ref": sha}
-    assert contents.header("accept") == "application/vnd.github.raw"
+    # JSON: its "size" is checked before the content is decoded
+    assert contents.header("accept") == "application/vnd.github+json"
     for r in (head, contents):
         assert r.header("authorization") == f"Bearer {TOKEN}"
         assert r.header("user-agent") == USER_AGENT == "gitops-agent/0.1.0"
@@ -140,7 +141,7 @@ def test_same_sha_behind_a_new_etag_fetches_nothing_more(gh, tmp_path, token_fil
     gh.commit({PATH: V1})
     src = make_source(tmp_path, gh, token_file)
     first = src.fetch()
-    src._etag = '"stale"'  # e.g. GitHub rotated its ETag scheme
+    src._cache.etag = '"stale"'  # e.g. GitHub rotated its ETag scheme
     gh.clear_log()
 
     assert src.fetch() == first
@@ -277,7 +278,7 @@ def test_unreachable_and_slow_api_are_source_unavailable(gh, tmp_path, token_fil
         ("no-branch", r"branch 'nope' not found in GitHub repository acme/shop.*source\.branch"),
     ],
 )
-def test_auth_and_naming_errors_say_what_to_fix(gh, tmp_path, token_file, case, expected):
+def test_auth_and_naming_errors_are_config_errors_that_say_what_to_fix(gh, tmp_path, token_file, case, expected):
     gh.commit({PATH: V1})
     if case == "bad-token":
         token_file.write_text("ghp_wrongwrongwrong")
@@ -286,18 +287,25 @@ def test_auth_and_naming_errors_say_what_to_fix(gh, tmp_path, token_file, case, 
         src = make_source(tmp_path, gh, token_file, repo="acme/nope")
     else:
         src = make_source(tmp_path, gh, token_file, branch="nope")
-    with capture_logs() as logs, pytest.raises(SourceUnavailable, match=expected) as e:
+    kind = SourceUnavailable if case == "no-branch" else ConfigError
+    with capture_logs() as logs, pytest.raises(kind, match=expected) as e:
         src.fetch()
     assert "ghp_" not in str(e.value) and TOKEN not in repr(logs)
+    # a configuration problem is not retried as an outage
+    requests_before = gh.count()
+    with pytest.raises(kind):
+        retry_transient(src.fetch, event="agent.fetch", retry_on=SourceUnavailable)
+    assert gh.count() - requests_before == (4 if kind is SourceUnavailable else 1)
 
 
-def test_forbidden_without_rate_limit_is_a_permission_error(gh, tmp_path, token_file):
+def test_forbidden_without_rate_limit_is_a_config_error_naming_the_token(gh, tmp_path,
+                                                                          token_file):
     gh.commit({PATH: V1})
     gh.fail(403)
     src = make_source(tmp_path, gh, token_file)
-    with pytest.raises(SourceUnavailable, match="forbids reading acme/shop.*Contents: read") as e:
+    with pytest.raises(ConfigError, match="forbids reading acme/shop.*Contents: read") as e:
         src.fetch()
-    assert not isinstance(e.value, RateLimited)
+    assert str(e.value).startswith("source.token_file: ")
 
 
 # ---------------------------------------------------------------------------- rate limits
@@ -315,20 +323,23 @@ def test_rate_limited_waits_without_sending_anything(gh, tmp_path, token_file, s
     with capture_logs() as logs, pytest.raises(RateLimited) as e:
         src.fetch()
     assert 590 <= e.value.retry_after_seconds <= 602
-    assert isinstance(e.value, SourceUnavailable)
+    # transient, but not retried by the pass's policy (retry_on=SourceUnavailable)
+    assert isinstance(e.value, TransientError) and not isinstance(e.value, SourceUnavailable)
     (event,) = [x for x in logs if x["event"] == "agent.source.rate_limited"]
     assert event["log_level"] == "warning" and reason in event["reason"]
     assert 590 <= event["wait_seconds"] <= 602
     assert gh.count() == 1
 
-    # until the wait has elapsed: no request at all, also through the reconcile's retries
+    # until the wait has elapsed: no request at all, and the reconcile's retry policy does
+    # not retry it (no retry noise): it is waited out once
     clock.now += 300
     with pytest.raises(RateLimited) as again:
         src.fetch()
     assert 290 <= again.value.retry_after_seconds <= 302
     assert "rate limit" in str(again.value)
-    with pytest.raises(RateLimited):
+    with capture_logs() as logs, pytest.raises(RateLimited):
         retry_transient(src.fetch, event="agent.fetch", retry_on=SourceUnavailable)
+    assert [x["event"] for x in logs] == []
     # a restarted daemon honours the same wait
     with pytest.raises(RateLimited):
         make_source(tmp_path, gh, token_file, clock=clock).fetch()
