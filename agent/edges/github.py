@@ -548,8 +548,12 @@ class GitHubSource:
         if loaded.key != self._cache_key() or loaded.sha is None or loaded.content is None:
             # the source changed, or nothing was fetched yet: keep only the wait
             self._cache = SourceCache(blocked_until=blocked)
-            return
-        self._cache = loaded.model_copy(update={"blocked_until": blocked})
+        else:
+            self._cache = loaded.model_copy(update={"blocked_until": blocked})
+        if blocked != loaded.blocked_until:
+            log.warning("agent.source.rate_limit_wait_capped", path=str(self.cache_path),
+                        wait_seconds=MAX_RATE_LIMIT_WAIT)
+            self._save_cache()  # the capped wait is what the next start finds
 
     def _save_cache(self) -> None:
         c = self._cache
