@@ -145,7 +145,8 @@ class GitSource:
         if before is not None and before != rev:
             went_backwards = self.is_ancestor(rev, before)
         trust_error = self._verify_signature(rev) if self.allowed_signers_file else None
-        content = self._read_file(rev)
+        # untrusted content is not read (the pass refuses the revision before parsing)
+        content = self._read_file(rev) if trust_error is None else b""
         return Fetched(revision=rev, content=content, path=self.path,
                        went_backwards=went_backwards, trust_error=trust_error)
 
