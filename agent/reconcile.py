@@ -60,6 +60,7 @@ from agent.state import (
     utcnow,
     write_atomic,
 )
+from agent.trust import check_ancestry
 
 log = structlog.get_logger()
 
@@ -202,6 +203,22 @@ class Reconciler:
             log.error("agent.desired.invalid", error=str(e))
             return PassResult("invalid", None, reason=str(e), error=e)
         rev = fetched.revision
+        # ---- trust across revisions: no replay, no sideways move (signed commits only)
+        try:
+            check_ancestry(
+                self.source,
+                state.last_applied.revision if state.last_applied else None,
+                rev,
+                require_signed=self.cfg.trust.require_signed_commits,
+                allow_rewind=self.cfg.trust.allow_rewind,
+                force=force,
+                path=fetched.path,
+            )
+        except UntrustedRevision as e:
+            log.error("agent.desired.invalid", revision=rev, error=str(e))
+            return PassResult("invalid", rev, reason=str(e), error=e)
+        if fetched.trust_error is None:
+            self._write_cache(state, fetched)  # untrusted content is never cached
         failpoint("after-fetch")
         structlog.contextvars.bind_contextvars(revision=rev[:12])
         try:
@@ -223,6 +240,9 @@ class Reconciler:
                 previous=previous,
                 message="branch head moved to an older commit (force-push?); following it",
             )
+        return fetched
+
+    def _write_cache(self, state: AgentState, fetched: Fetched) -> None:
         cache = self.cfg.agent.state_dir / DESIRED_CACHE
         seen = state.last_attempted.revision if state.last_attempted else None
         if seen != fetched.revision or not cache.exists():  # not rewritten on idle passes
@@ -230,7 +250,6 @@ class Reconciler:
                 write_atomic(cache, fetched.content)
             except AgentEnvironmentError:
                 pass  # the cache only serves `status`; the record itself is checked later
-        return fetched
 
     def load_desired(self, fetched: Fetched) -> Loaded:
         """Parse and validate everything before anything is touched. Raises InvalidInput."""
