@@ -21,13 +21,7 @@ from typing import Any
 from agent import log as agent_log
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
 from agent.errors import (
-    AgentEnvironmentError,
     AgentError,
-    DockerUnavailable,
-    InvalidInput,
-    ReleaseFailed,
-    SourceUnavailable,
-    TransientError,
 )
 
 EXIT_OK = 0
@@ -50,15 +44,9 @@ _OUTCOME_EXIT = {
 def exit_code_for_error(err: BaseException | None) -> int:
     if err is None:
         return EXIT_OK
-    if isinstance(err, InvalidInput):
-        return EXIT_INVALID
-    if isinstance(err, AgentEnvironmentError):
-        return EXIT_ENVIRONMENT
-    if isinstance(err, SourceUnavailable | DockerUnavailable):
-        return EXIT_TRANSIENT
-    if isinstance(err, ReleaseFailed | TransientError):  # registry outage aborts a release
-        return EXIT_RELEASE_FAILED
-    return EXIT_RELEASE_FAILED
+    from agent.outcomes import disposition
+
+    return disposition(err).exit_code  # the one table (a rate limit is transient: 3)
 
 
 def exit_code_for(outcome: str, err: BaseException | None) -> int:
