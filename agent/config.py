@@ -173,7 +173,9 @@ class TrustConfig(_Strict):
     allowed_images: list[str] | None = None
     require_signed_commits: bool = False
     allowed_signers_file: Path | None = None
-
+    # accept a head that does not descend from the last applied revision (a rewind or a
+    # sideways move of the branch) when signed commits are required; logged
+    allow_rewind: bool = False
 
 
 class AgentConfig(_Strict):
@@ -183,17 +185,27 @@ class AgentConfig(_Strict):
     registry: dict[str, RegistryCredentials] = Field(default_factory=dict)
     trust: TrustConfig = TrustConfig()
 
-    @model_validator(mode="after")
-    def _signers(self) -> AgentConfig:
-        # the git kind verifies SSH signatures itself; the github kind trusts GitHub's
-        # own verification and needs no signers file
-        if (self.trust.require_signed_commits and self.source.kind == "git"
-                and self.trust.allowed_signers_file is None):
-            raise ValueError(
-                "trust.require_signed_commits with the git source needs "
-                "trust.allowed_signers_file"
-            )
-        return self
+
+
+def trust_problems(cfg: AgentConfig) -> list[str]:
+    """[trust] combinations that would silently do nothing, each with its path."""
+    t, problems = cfg.trust, []
+    if t.require_signed_commits:
+        if cfg.source.kind == "git" and t.allowed_signers_file is None:
+            problems.append(
+                "At 'trust.require_signed_commits': the git source verifies SSH signatures "
+                "itself and needs trust.allowed_signers_file")
+    else:
+        if t.allowed_signers_file is not None:
+            problems.append(
+                "At 'trust.allowed_signers_file': has no effect without "
+                "trust.require_signed_commits = true")
+        if t.allow_rewind:
+            problems.append(
+                "At 'trust.allow_rewind': has no effect without "
+                "trust.require_signed_commits = true (without signed commits a force-push "
+                "is always followed)")
+    return problems
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -217,9 +229,13 @@ def format_validation_error(err: ValidationError) -> list[str]:
 
 def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
     try:
-        return AgentConfig.model_validate(_coerce_paths(data))
+        cfg = AgentConfig.model_validate(_coerce_paths(data))
     except ValidationError as e:
         raise ConfigError(source, format_validation_error(e)) from None
+    problems = trust_problems(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
 
 
 _PATH_KEYS = {

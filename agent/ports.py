@@ -32,6 +32,8 @@ class Source(Protocol):
 
     def describe(self) -> str: ...
 
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool: ...
+
 
 class Engine(Protocol):
     """The Docker engine: containers of a project, images by digest."""

@@ -47,6 +47,7 @@ from agent.errors import (
     PlatformMismatch,
     RegistryAuthError,
     RegistryUnavailable,
+    SourceUnavailable,
     StateWriteError,
     TransientError,
     Unhealthy,
@@ -79,6 +80,7 @@ from agent.state import (
     write_atomic,
 )
 from agent.strategies import Toolkit, UpdateStrategy, pins, strategy_for
+from agent.trust import check_ancestry
 
 __all__ = ["Loaded", "PassResult", "Reconciler", "build_source"]
 
@@ -218,6 +220,7 @@ class Reconciler:
         failpoint("after-fetch")
         with structlog.contextvars.bound_contextvars(revision=fetched.revision[:12]):
             with run.timed("validate"):
+                self._check_history(state, fetched, run.force)
                 loaded = self.load_desired(fetched)
             self._cache_desired(state, fetched)
             with run.timed("observe"):
@@ -265,7 +268,8 @@ class Reconciler:
     def _fetch(self, state: AgentState) -> Fetched:
         try:
             fetched = retry_transient(self.source.fetch, event="agent.fetch",
-                                      retry_on=TransientError, source=self.source.describe())
+                                      retry_on=SourceUnavailable,
+                                      source=self.source.describe())
         except TransientError as e:
             log.error("agent.fetch.failed", source=self.source.describe(), error=str(e))
             raise
@@ -281,6 +285,14 @@ class Reconciler:
         return fetched
 
     # ------------------------------------------------------------------ validate
+    def _check_history(self, state: AgentState, fetched: Fetched, force: bool) -> None:
+        """With signed commits required, the head must descend from the last applied
+        revision: no replay of an older signed commit, no sideways move. UntrustedRevision."""
+        check_ancestry(
+            self.source, state.last_applied.revision if state.last_applied else None,
+            fetched.revision, require_signed=self.cfg.trust.require_signed_commits,
+            allow_rewind=self.cfg.trust.allow_rewind, force=force, path=fetched.path)
+
     def load_desired(self, fetched: Fetched) -> Loaded:
         """Parse and validate everything before anything is touched. Raises InvalidInput."""
         source = f"{fetched.path}@{fetched.revision[:12]}"

@@ -65,6 +65,13 @@ class FakeSource:
     def describe(self) -> str:
         return "fake://repo@main"
 
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """A linear history: earlier commits are ancestors of later ones."""
+        order = [rev for rev, _ in self.commits]
+        if ancestor not in order or descendant not in order:
+            return False
+        return order.index(ancestor) <= order.index(descendant)
+
 
 # how a container of an image behaves once started
 HEALTHY, UNHEALTHY, CRASH, NOHEALTH = "healthy", "unhealthy", "crash", "nohealth"
