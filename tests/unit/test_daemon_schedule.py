@@ -10,7 +10,7 @@ from pathlib import Path
 from agent.config import parse_config
 from agent.daemon import Daemon
 from agent.edges.systemd import Notifier
-from agent.reconcile import PassResult
+from agent.outcomes import PassResult
 
 
 class FakeReconciler:
