@@ -150,8 +150,9 @@ class Daemon:
 
     def _submit(self) -> None:
         """Hand one pass to APScheduler, to run at once whatever the wall clock says."""
-        self.scheduler.add_job(self._tick, "date", run_date=DUE_LONG_AGO,
-                               id=JOB_ID, replace_existing=True)
+        # A fresh job id each time: a pass submitted just as the previous one returns must
+        # not be dropped by max_instances; _tick's lock keeps passes from overlapping.
+        self.scheduler.add_job(self._tick, "date", run_date=DUE_LONG_AGO, name=JOB_ID)
 
     def request_pass(self) -> None:
         if self._pass_lock.locked():
