@@ -73,8 +73,8 @@ def _compose_binary() -> Path:
 
 
 def _agent_sources() -> list[Path]:
-    files = [REPO_ROOT / "pyproject.toml", REPO_ROOT / "README.md"]
-    return files + sorted((REPO_ROOT / "agent").rglob("*.py"))
+    # README.md (the wheel's long description) is left out: a docs edit must not rebuild
+    return [REPO_ROOT / "pyproject.toml", *sorted((REPO_ROOT / "agent").rglob("*.py"))]
 
 
 def _inputs_hash(base: str, compose: Path) -> str:
@@ -104,6 +104,7 @@ def systemd_agent_image(debian_base_image: str, docker_client: docker.DockerClie
         dest = src / f.relative_to(REPO_ROOT)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, dest)
+    (src / "README.md").write_text("gitops-agent, built for tests/e2e/test_systemd_real.py\n")
     p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(ctx / "wheels"),
                         "--", str(src)], capture_output=True, text=True, timeout=900, check=False)
     if p.returncode != 0:
@@ -119,10 +120,15 @@ def systemd_agent_image(debian_base_image: str, docker_client: docker.DockerClie
         pytest.fail(f"building {tag} failed: {e}\n{log[-3000:]}", pytrace=False)
     finally:
         shutil.rmtree(ctx, ignore_errors=True)
+    # builds for older sources are dead weight (about 500 MB each): keep only this one
+    for old in docker_client.images.list(name=IMAGE_REPO):
+        if tag not in old.tags:
+            for t in old.tags:
+                docker_client.images.remove(t, noprune=False)
     return tag
 
 
-def sh(c: Any, *argv: str, timeout_note: str = "") -> tuple[int, str]:
+def sh(c: Any, *argv: str) -> tuple[int, str]:
     code, out = c.exec_run(list(argv))
     return int(code), out.decode(errors="replace")
 
