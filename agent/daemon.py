@@ -80,8 +80,9 @@ class MonotonicSchedule:
         return self._start + k * self.interval + delay
 
     def advance(self, now: float) -> float:
-        """The pass due at ``self.due`` was taken at ``now``: the next grid point after now."""
-        k = math.floor((now - self._start) / self.interval) + 1
+        """The pass due at ``self.due`` was taken at ``now``: the next grid point whose
+        jitter window has not entirely passed (a jitter larger than the interval skips none)."""
+        k = math.floor((now - self._start - self.jitter) / self.interval) + 1
         self._k = max(self._k + 1, k)
         self.due = self._jittered(self._k)
         return self.due

@@ -107,6 +107,7 @@ def test_passes_never_overlap_and_a_sighup_during_a_pass_runs_after_it(tmp_path)
 
 
 # ---------------------------------------------------------------- time: monotonic schedule
+import math  # noqa: E402
 import random  # noqa: E402
 import socket  # noqa: E402
 from datetime import datetime, timedelta  # noqa: E402
@@ -169,6 +170,17 @@ def test_monotonic_schedule_stays_on_the_grid_and_coalesces_missed_points():
     # a pass that ran past two grid points: the missed ones are skipped, not run back to back
     assert 140 <= s.advance(135.0) <= 142
     assert 150 <= s.advance(140.1) <= 152
+
+
+def test_monotonic_schedule_with_jitter_wider_than_the_interval_skips_no_grid_point():
+    s = MonotonicSchedule(interval=1, jitter=3, start=0.0, rng=random.Random(3))
+    grid = []
+    for _ in range(20):
+        due = s.due
+        grid.append(math.floor(due))  # due in [k, k + 3]
+        s.advance(due)  # taken exactly when due
+    ks = [s_k for s_k in range(20)]
+    assert all(k <= g <= k + 3 for k, g in zip(ks, grid, strict=True)), grid
 
 
 # ---------------------------------------------------------------- watchdog: passes must complete
