@@ -179,8 +179,7 @@ def test_monotonic_schedule_with_jitter_wider_than_the_interval_skips_no_grid_po
         due = s.due
         grid.append(math.floor(due))  # due in [k, k + 3]
         s.advance(due)  # taken exactly when due
-    ks = [s_k for s_k in range(20)]
-    assert all(k <= g <= k + 3 for k, g in zip(ks, grid, strict=True)), grid
+    assert all(k <= g <= k + 3 for k, g in zip(range(20), grid, strict=True)), grid
 
 
 # ---------------------------------------------------------------- watchdog: passes must complete
