@@ -131,7 +131,7 @@ class Daemon:
         self.passes += 1
         result: PassResult | None = None
         try:
-            result = self.reconciler.run_pass()  # type: ignore[assignment]  # PassResult moves to outcomes
+            result = self.reconciler.run_pass()
         except Exception as e:  # noqa: BLE001 - the daemon lives on; next pass as scheduled
             log.error("agent.daemon.pass_crashed", error=repr(e))
         finally:
