@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="the daemon: a pass every interval; SIGHUP for one now")
 
-    from agent.bump import add_bump_parser
+    from agent.bump_cli import add_bump_parser
 
     add_bump_parser(sub)
     return p
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
         if args.command == "validate":
             return cmd_validate(args)
         if args.command == "bump":
-            from agent.bump import cmd_bump
+            from agent.bump_cli import cmd_bump
 
             return cmd_bump(args)
         cfg = load_config(args.config)
