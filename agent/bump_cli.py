@@ -13,10 +13,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.bump import BumpUsageError, DigestBump, bump_text
 from agent.errors import AgentError, DesiredStateError, StateWriteError
+
+if TYPE_CHECKING:
+    from agent.bump import DigestBump
+
+# agent.bump (the edit itself) is imported where it is used: every command builds the
+# parser, so the daemon would otherwise carry the round-trip editor it never runs.
 
 DEFAULT_FILE = Path("desired-state.yml")
 
@@ -44,6 +49,8 @@ def bump_file(
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DesiredStateError(source, [f"not UTF-8 text (byte {e.start})"]) from None
+    from agent.bump import bump_text
+
     new_text, messages = bump_text(
         text, changes, force=force, skip_pinned=skip_pinned, source=source
     )
@@ -93,6 +100,8 @@ def changes_from_items(items: Sequence[tuple[str, str]], source: str = "bump") -
     Options before the first ``--service`` belong to the first group, so
     ``--digest D --service S`` works for a single service.
     """
+    from agent.bump import BumpUsageError, DigestBump
+
     groups: list[dict[str, str]] = []
     pending: dict[str, str] = {}
     problems: list[str] = []
