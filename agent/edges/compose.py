@@ -205,7 +205,7 @@ class Compose:
             args.append("--no-recreate")
         for name, n in sorted((scale or {}).items()):
             args += ["--scale", f"{name}={n}"]
-        self._run([*args, *services])
+        self._run([*args, "--", *services])
 
     def pin(self, images: Mapping[str, str]) -> None:
         """Write the generated override that pins services to ``image@digest`` (atomically:
@@ -219,7 +219,7 @@ class Compose:
         release to roll back to)."""
         if not services:
             return
-        self._run([*self._base(), "rm", "--stop", "--force", *services])
+        self._run([*self._base(), "rm", "--stop", "--force", "--", *services])
 
 
 def render_override(images: dict[str, str]) -> bytes:

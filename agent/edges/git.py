@@ -15,6 +15,7 @@ from agent.desired import MAX_BYTES
 from agent.edges.source import Fetched
 from agent.errors import ConfigError, DesiredStateError, GitError, SourceUnavailable
 from agent.log import redact_text
+from agent.secrets import trusted_copy
 
 log = structlog.get_logger()
 
@@ -199,9 +200,14 @@ class GitSource:
             # git would hand it to gpg/gpgsm and trust whatever keyring the agent's user has
             return (f"commit {rev[:12]} carries an {fmt} signature; only SSH signatures by a "
                     "key in trust.allowed_signers_file are accepted")
+        # git opens the file by name: hand it a private copy of what was checked (owner,
+        # mode, no symlink), so it reads exactly that
+        assert self.allowed_signers_file is not None
+        signers = trusted_copy(self.allowed_signers_file, "trust.allowed_signers_file",
+                               self.mirror.parent / "allowed_signers.checked")
         proc = run_git(
             ["-c", "gpg.format=ssh",
-             "-c", f"gpg.ssh.allowedSignersFile={self.allowed_signers_file}",
+             "-c", f"gpg.ssh.allowedSignersFile={signers}",
              "verify-commit", "--end-of-options", rev],
             cwd=self.mirror, env=NO_LAZY_FETCH, check=False,
         )

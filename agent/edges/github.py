@@ -58,7 +58,7 @@ from agent.errors import (
     TransientError,
 )
 from agent.log import redact_text
-from agent.secrets import token_from_file
+from agent.secrets import token_from_file, trusted_copy
 from agent.state import write_atomic
 
 log = structlog.get_logger()
@@ -368,7 +368,10 @@ class GitHubSource:
             if verified:
                 return None
             return f"commit {sha[:12]} is not verified by GitHub (reason: {reason})"
-        return verify_ssh_signature(sha, signature, payload, self.allowed_signers_file)
+        # ssh-keygen opens the file by name: hand it a private copy of what was checked
+        signers = trusted_copy(self.allowed_signers_file, "trust.allowed_signers_file",
+                               self.cache_path.parent / SIGNERS_COPY)
+        return verify_ssh_signature(sha, signature, payload, signers)
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         """Whether ``ancestor`` is ``descendant`` or one of its ancestors (compare API)."""
@@ -572,6 +575,8 @@ class GitHubSource:
 
 
 # --------------------------------------------------------------------------- signatures
+SIGNERS_COPY = "allowed_signers.checked"
+
 def verify_ssh_signature(sha: str, signature: object, payload: object,
                          allowed_signers_file: Path) -> str | None:
     """Verify the signature GitHub returns for commit ``sha`` against the allowed signers file,

@@ -60,7 +60,7 @@ def test_up_passes_scale_and_no_recreate_as_arguments_never_a_shell_string(fake_
     assert args[:4] == ["--project-name", "proj", "--project-directory", str(root)]
     i = args.index("up")
     assert args[i:] == ["up", "--detach", "--no-deps", "--no-build", "--pull", "never",
-                        "--no-recreate", "--scale", "web=2", "web"]
+                        "--no-recreate", "--scale", "web=2", "--", "web"]
 
 
 def test_failed_compose_command_raises_with_command_exit_code_and_stderr(fake_compose):
@@ -79,3 +79,12 @@ def test_missing_compose_file_is_invalid_input(tmp_path):
         compose.services()
     assert "compose file not found" in str(e.value)
     assert not os.path.exists(tmp_path / "nope.yml")
+
+
+def test_service_names_follow_a_double_dash_so_none_can_become_an_option(fake_compose):
+    compose, calls, _ = fake_compose
+    compose.up(["--help", "web"])
+    compose.remove(["-v", "web"])
+    up, rm = calls()[-2:]
+    assert up[up.index("--"):] == ["--", "--help", "web"] and "up" in up[:up.index("--")]
+    assert rm[rm.index("--"):] == ["--", "-v", "web"] and "rm" in rm[:rm.index("--")]
