@@ -161,7 +161,7 @@ def test_desired_state_over_the_size_limit_is_refused_and_nothing_is_touched(har
     h.release(web="web-v1", api="api-v1")
     assert h.sync().code == 0
     before = h.container_ids()
-    cache = h.project.state_dir / "desired-state.cache.yml"
+    cache = h.project.state_dir / "desired-state.cache.json"
     cached = cache.read_bytes()
     h.commit(_desired(h, "web-v2") + "#" * MAX_BYTES)
     r = h.sync()
