@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -45,7 +45,17 @@ from agent.errors import (
     UntrustedRevision,
 )
 from agent.failpoints import armed, failpoint
-from agent.plan import ObservedContainer, Plan, effective_target, make_plan, previous_digests
+from agent.outcomes import PassResult as PassResult  # re-exported (daemon)
+from agent.outcomes import ServiceReport
+from agent.plan import (
+    ObservedContainer,
+    Plan,
+    effective_target,
+    make_plan,
+    previous_digests,
+    running_digest,
+)
+from agent.ports import PassObserver
 from agent.retry import retry_transient
 from agent.secrets import token_from_file
 from agent.state import (
@@ -72,21 +82,6 @@ class Loaded:
     desired: DesiredState
     compose_services: dict[str, Any]
     orders: dict[str, UpdateOrder]
-
-
-@dataclass
-class PassResult:
-    outcome: Outcome
-    revision: str | None
-    changes: list[Change] = field(default_factory=list)
-    reason: str | None = None
-    duration_seconds: float = 0.0
-    error: AgentError | None = None
-    phases: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome in ("applied", "no-op")
 
 
 class _Phases:
@@ -140,8 +135,14 @@ class Reconciler:
         engine: DockerEngine | None = None,
         compose: Compose | None = None,
         registry_auth: Mapping[str, dict[str, str]] | None = None,
+        observers: Sequence[PassObserver] = (),
     ) -> None:
         self.cfg = cfg
+        self.observers = list(observers)
+        # what this pass aimed at and saw, for the observers (reset each pass)
+        self._pass_target: dict[str, ImageDigest] = {}
+        self._pass_observed: Mapping[str, Sequence[ObservedContainer]] = {}
+        self._pass_touched = False
         self.store = StateStore(cfg.agent.state_dir)
         self.source = source or build_source(cfg)
         self.engine = engine or DockerEngine(
@@ -161,6 +162,7 @@ class Reconciler:
         t0 = time.monotonic()
         started = utcnow()
         phases = _Phases()
+        self._pass_target, self._pass_observed, self._pass_touched = {}, {}, False
         self.store.ensure_dir()
         state = self.store.load()
         try:
@@ -176,11 +178,44 @@ class Reconciler:
             result = PassResult("error", None, reason=f"internal error: {e!r}")
             result.duration_seconds = round(time.monotonic() - t0, 3)
             self._record(state, result, started, force)
+            self._tell_finished(result, force)
             raise
         result.duration_seconds = round(time.monotonic() - t0, 3)
         result.phases = phases.times
         self._record(state, result, started, force)
+        self._tell_finished(result, force)
         return result
+
+    # ================================================================== observers
+    def _tell_started(self, revision: str, services: Sequence[str]) -> None:
+        for o in self.observers:
+            try:
+                o.release_started(revision, list(services))
+            except Exception as e:  # noqa: BLE001 - a report never fails the release
+                log.error("agent.report.observer_failed", observer=type(o).__name__,
+                          error=repr(e))
+
+    def _tell_finished(self, result: PassResult, force: bool) -> None:
+        if not self.observers:
+            return
+        result.forced = force
+        result.target = dict(self._pass_target)
+        observed = self._pass_observed
+        if self._pass_touched and self._pass_target:
+            try:  # containers changed during the pass: report what runs now
+                observed = self.engine.observe(self.cfg.compose.name, set(self._pass_target))
+            except AgentError:
+                observed = {}
+        result.services = {
+            n: ServiceReport(running_digest(observed.get(n, [])),
+                             health.service_health(observed.get(n, [])))
+            for n in self._pass_target if observed}
+        for o in self.observers:
+            try:
+                o.pass_finished(result)
+            except Exception as e:  # noqa: BLE001
+                log.error("agent.report.observer_failed", observer=type(o).__name__,
+                          error=repr(e))
 
     def _pass(self, state: AgentState, *, force: bool, phases: _Phases) -> PassResult:
         if state.in_flight is not None:
@@ -271,6 +306,7 @@ class Reconciler:
             log.error("agent.observe.failed", error=str(e))
             return PassResult("error", rev, reason=str(e), error=e)
         target = effective_target(desired, state.known_good, revision_failed)
+        self._pass_target, self._pass_observed = dict(target), observed
         plan = make_plan(rev, target, observed, state.known_good)
         log.info(
             "agent.diff",
@@ -320,6 +356,9 @@ class Reconciler:
         )
         self.store.probe_writable()
         self.store.save(state)  # refuses to act without a record (StateWriteError)
+        self._pass_touched = True
+        if touched:
+            self._tell_started(rev, touched)
 
         try:
             with phases.timed("apply"):
