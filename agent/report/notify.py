@@ -109,7 +109,7 @@ class Notifier:
             if event in OUTCOME_EVENTS:
                 last = self.sent.get(key)
                 if last is not None and now - last < self.repeat:
-                    log.debug("agent.report.suppressed", reporter="notify", event=event)
+                    log.debug("agent.report.suppressed", reporter="notify", notification=event)
                     continue
             title, body, kind = self.message(event, r, now)
             if not self._deliver(event, title, body, kind, r.revision):
@@ -157,7 +157,7 @@ class Notifier:
 
     def _deliver(self, event: str, title: str, body: str, kind: str,
                  revision: str | None) -> bool:
-        ev = {"reporter": "notify", "event": event, "revision": (revision or "-")[:12]}
+        ev = {"reporter": "notify", "notification": event, "revision": (revision or "-")[:12]}
         try:
             ok = self.send(title, body, kind)
         except Exception as e:  # noqa: BLE001
