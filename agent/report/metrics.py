@@ -184,8 +184,10 @@ class MetricsObserver:
         v = dict(self.snapshot.values)
         v["last_pass"] = now
         if r.revision is not None:
-            if r.outcome == "skipped" or (r.error is not None and
-                                          disposition(r.error).mark_failed):
+            # a rollback always marks its revision failed; a failed pull only when the
+            # outcome table says retrying cannot help (image not found)
+            if r.outcome in ("rolled-back", "skipped") or (
+                    r.error is not None and disposition(r.error).mark_failed):
                 self.failed_revisions.add(r.revision)
             elif r.outcome == "applied" and r.forced:
                 self.failed_revisions.discard(r.revision)

@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent import retry
-from agent.errors import AgentEnvironmentError, SourceUnavailable, Unhealthy
+from agent.errors import AgentEnvironmentError, ReleaseFailed, SourceUnavailable, Unhealthy
 from agent.outcomes import PassResult, ServiceReport
 from agent.report.metrics import MetricsObserver
 from agent.state import AgentState, ImageDigest, PassRecord, RevisionRecord, StateStore
@@ -39,7 +39,8 @@ def test_passes_and_releases_are_counted_by_outcome(tmp_path):
     m.pass_finished(PassResult("applied", "r1", duration_seconds=3.2, target={"web": WEB},
                                services={"web": ServiceReport(WEB.digest, "healthy")}))
     m.pass_finished(PassResult("no-op", "r1", duration_seconds=0.04))
-    m.pass_finished(PassResult("rolled-back", "r2", error=Unhealthy("x"), reason="x"))
+    # today's pass hands a plain ReleaseFailed for a rollback: still a failed revision
+    m.pass_finished(PassResult("rolled-back", "r2", error=ReleaseFailed("x"), reason="x"))
     s = scrape(m)
     assert s[("gitops_agent_passes_total", (("outcome", "applied"),))] == 1
     assert s[("gitops_agent_passes_total", (("outcome", "no-op"),))] == 1
