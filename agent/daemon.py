@@ -44,7 +44,7 @@ class Daemon:
             reconciler = Reconciler(cfg, registry_auth=registry_auth(cfg),
                                     observers=self.observers)
         else:
-            self.observers = list(reconciler.observers)
+            self.observers = list(getattr(reconciler, "observers", ()))
         self.reconciler = reconciler
         self.notifier = notifier or Notifier()
         self.scheduler = BackgroundScheduler(
