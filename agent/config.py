@@ -84,7 +84,16 @@ class AgentSection(_Strict):
     pull_stall_timeout_seconds: Annotated[float, Field(gt=0)] = 120
     history_limit: Annotated[int, Field(ge=1, le=10000)] = 200
     # this host's name in commit statuses, metrics and notifications (default: hostname)
-    host: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=63)
+    host: str | None = Field(default=None, min_length=1, max_length=63)
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", v):
+            raise ValueError("only a-z 0-9 . _ - (starting with a letter or digit)")
+        return v
 
 
 class RegistryCredentials(_Strict):
@@ -139,13 +148,20 @@ class ReportConfig(_Strict):
 
 
 class MetricsConfig(_Strict):
-    listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$")
+    listen: str | None = None
     textfile: Path | None = None
 
     @field_validator("listen")
     @classmethod
-    def _port(cls, v: str | None) -> str | None:
-        if v is not None and not 0 < int(v.rsplit(":", 1)[1]) < 65536:
+    def _host_port(cls, v: str | None) -> str | None:
+        import re
+
+        if v is None:
+            return v
+        m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})", v)
+        if not m:
+            raise ValueError("must be HOST:PORT, e.g. \"127.0.0.1:9120\"")
+        if not 0 < int(m.group(2)) < 65536:
             raise ValueError("port must be 1-65535")
         return v
 

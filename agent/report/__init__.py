@@ -81,11 +81,8 @@ def build_observers(cfg: AgentConfig, *, serve_metrics: bool = False) -> list[Pa
 
     Raises ConfigError (a bad token file) before any pass runs.
     """
+    # local and instant first: metrics never wait behind a slow GitHub or chat server
     observers: list[PassObserver] = []
-    if cfg.report.github is not None:
-        from agent.report.github_status import GitHubStatusReporter
-
-        observers.append(GitHubStatusReporter.from_config(cfg))
     if cfg.metrics.listen is not None or cfg.metrics.textfile is not None:
         from agent.report.metrics import MetricsObserver
 
@@ -93,6 +90,10 @@ def build_observers(cfg: AgentConfig, *, serve_metrics: bool = False) -> list[Pa
         if serve_metrics and cfg.metrics.listen is not None:
             m.serve(cfg.metrics.listen)
         observers.append(m)
+    if cfg.report.github is not None:
+        from agent.report.github_status import GitHubStatusReporter
+
+        observers.append(GitHubStatusReporter.from_config(cfg))
     if cfg.notify is not None:
         from agent.report.notify import Notifier
 

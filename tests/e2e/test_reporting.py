@@ -220,3 +220,15 @@ def test_daemon_metrics_scraped_during_and_after_releases_survive_a_restart(rep)
     finally:
         assert d.stop() == 0
     assert [st for st, _ in rep.statuses(bad)] == ["pending", "failure"]
+
+
+def test_status_token_readable_by_others_is_refused_before_anything_is_touched(rep, capsys):
+    rep.release(web="web-v1", api="api-v1")
+    token = rep.h.project.root.parent / "status-token"
+    token.chmod(0o644)
+    r = rep.h.sync()
+    assert r.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "report.github.token_file" in err[0] and "chmod 600" in err[0]
+    assert TOKEN not in err[0]
+    assert rep.h.containers("web") == [] and rep.gh.count() == 0

@@ -38,6 +38,9 @@ def test_every_reporting_error_is_reported_at_once_with_its_path(tmp_path):
                                              "api_url": "http://example.com",
                                              "context": "deploy/{hostname}"}},
                           metrics={"listen": "127.0.0.1:99999", "port": 1}))
+    assert "At 'agent.host': only a-z 0-9 . _ - (starting with a letter or digit)" in \
+        e.value.problems
+    assert "At 'metrics.listen': port must be 1-65535" in e.value.problems
     where = [p.split("'")[1] for p in e.value.problems]
     assert where == ["agent.host", "report.github.repo", "report.github.api_url",
                      "report.github.context", "metrics.listen", "metrics.port"]
@@ -78,4 +81,4 @@ def test_build_observers_builds_what_is_configured(tmp_path):
                                                          "token_file": str(token)}},
                             metrics={"textfile": str(tmp_path / "m.prom")}))
     kinds = [type(o) for o in build_observers(cfg)]
-    assert kinds == [GitHubStatusReporter, MetricsObserver]
+    assert kinds == [MetricsObserver, GitHubStatusReporter]
