@@ -204,7 +204,8 @@ class Reconciler:
         if self._pass_touched and self._pass_target:
             try:  # containers changed during the pass: report what runs now
                 observed = self.engine.observe(self.cfg.compose.name, set(self._pass_target))
-            except AgentError:
+            except Exception as e:  # noqa: BLE001 - reporting never fails a pass
+                log.warning("agent.report.observe_failed", error=repr(e))
                 observed = {}
         result.services = {
             n: ServiceReport(running_digest(observed.get(n, [])),
