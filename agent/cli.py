@@ -16,60 +16,20 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agent import log as agent_log
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
-from agent.errors import (
-    AgentEnvironmentError,
-    AgentError,
-    DockerUnavailable,
-    InvalidInput,
-    ReleaseFailed,
-    SourceUnavailable,
-    TransientError,
-)
+from agent.errors import AgentError
+from agent.outcomes import EXIT_OK, disposition
 
-EXIT_OK = 0
-EXIT_RELEASE_FAILED = 1
-EXIT_INVALID = 2
-EXIT_TRANSIENT = 3
-EXIT_ENVIRONMENT = 4
-
-_OUTCOME_EXIT = {
-    "applied": EXIT_OK,
-    "no-op": EXIT_OK,
-    "rolled-back": EXIT_RELEASE_FAILED,
-    "failed": EXIT_RELEASE_FAILED,
-    "skipped": EXIT_RELEASE_FAILED,
-    "degraded": EXIT_RELEASE_FAILED,
-    "invalid": EXIT_INVALID,
-}
-
-
-def exit_code_for_error(err: BaseException | None) -> int:
-    if err is None:
-        return EXIT_OK
-    if isinstance(err, InvalidInput):
-        return EXIT_INVALID
-    if isinstance(err, AgentEnvironmentError):
-        return EXIT_ENVIRONMENT
-    if isinstance(err, SourceUnavailable | DockerUnavailable):
-        return EXIT_TRANSIENT
-    if isinstance(err, ReleaseFailed | TransientError):  # registry outage aborts a release
-        return EXIT_RELEASE_FAILED
-    return EXIT_RELEASE_FAILED
-
-
-def exit_code_for(outcome: str, err: BaseException | None) -> int:
-    if outcome in _OUTCOME_EXIT:
-        return _OUTCOME_EXIT[outcome]
-    return exit_code_for_error(err)
+if TYPE_CHECKING:
+    from agent.reconcile import Reconciler
 
 
 def _die(err: AgentError) -> int:
     print(f"gitops-agent: {err}", file=sys.stderr)
-    return exit_code_for_error(err)
+    return disposition(err).exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +102,7 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
     raise AssertionError(args.command)  # pragma: no cover
 
 
-def _reconciler(cfg: AgentConfig, *, report: bool = False) -> Any:
+def _reconciler(cfg: AgentConfig, *, report: bool = False) -> Reconciler:
     from agent.reconcile import Reconciler
     from agent.secrets import registry_auth
 
@@ -161,7 +121,7 @@ def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:
     rec = _reconciler(cfg, report=True)
     with StateLock(cfg.agent.state_dir):
         result = rec.run_pass(force=force)
-    code = exit_code_for(result.outcome, result.error)
+    code = result.exit_code
     if code != EXIT_OK and result.reason:
         first = result.reason.splitlines()
         print(f"gitops-agent: {result.outcome}: {first[0]}", file=sys.stderr)
@@ -213,66 +173,31 @@ def _compose_services_of(path: Path) -> set[str]:
     return {str(k) for k in services}
 
 
-def _status_data(cfg: AgentConfig) -> dict[str, Any]:
-    from agent.health import service_health
-    from agent.plan import running_digest
-    from agent.state import StateStore
-
-    rec = _reconciler(cfg)
-    state = StateStore(cfg.agent.state_dir).load()
-    fetched, desired, problem = rec.desired_now(fetch=False)
-    observed = rec.engine.observe(cfg.compose.name)
-    names = sorted(set(desired.services if desired else {}) | set(state.known_good))
-    services = []
-    for n in names:
-        spec = desired.services.get(n) if desired else None
-        cs = observed.get(n, [])
-        services.append({
-            "service": n,
-            "image": spec.image if spec else state.known_good[n].image,
-            "desired": spec.digest if spec else None,
-            "running": running_digest(cs),
-            "known_good": state.known_good[n].digest if n in state.known_good else None,
-            "health": service_health(cs),
-            "containers": [c.name for c in cs],
-            "pinned": bool(spec and spec.pinned),
-        })
-    dump = state.model_dump(mode="json")
-    return {
-        "project": cfg.compose.name,
-        "desired_revision": fetched.revision if fetched else None,
-        "desired_problem": problem,
-        "services": services,
-        "last_attempted": dump["last_attempted"],
-        "last_applied": dump["last_applied"],
-        "in_flight": dump["in_flight"],
-        "failed_revisions": list(state.failed_revisions),
-    }
-
-
 def _short(d: str | None) -> str:
     return "-" if not d else d.removeprefix("sha256:")[:12]
 
 
 def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
-    data = _status_data(cfg)
+    from agent import queries
+
+    view = queries.status(_reconciler(cfg))
     if as_json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(view.to_json(), indent=2))
         return EXIT_OK
-    print(f"project {data['project']}   desired revision {_short(data['desired_revision'])}")
-    if data["desired_problem"]:
-        print(f"  desired state: {data['desired_problem']}")
+    print(f"project {view.project}   desired revision {_short(view.desired_revision)}")
+    if view.desired_problem:
+        print(f"  desired state: {view.desired_problem}")
     rows = [("SERVICE", "DESIRED", "RUNNING", "HEALTH", "")]
-    for s in data["services"]:
-        note = "pinned" if s["pinned"] else ""
-        if s["desired"] and s["running"] != s["desired"]:
+    for s in view.services:
+        note = "pinned" if s.pinned else ""
+        if s.desired and s.running != s.desired:
             note = (note + " out-of-date").strip()
-        rows.append((s["service"], _short(s["desired"]), _short(s["running"]), s["health"], note))
+        rows.append((s.service, _short(s.desired), _short(s.running), s.health, note))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    for key in ("last_attempted", "last_applied"):
-        v = data[key]
+    for key, v in (("last_attempted", view.last_attempted),
+                   ("last_applied", view.last_applied)):
         label = key.replace("_", " ")
         if v:
             reason = f" — {v['reason'].splitlines()[0]}" if v.get("reason") else ""
@@ -283,26 +208,20 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
 
 
 def cmd_diff(cfg: AgentConfig) -> int:
-    from agent.plan import effective_target, make_plan
+    from agent import queries
     from agent.state import StateStore
 
-    rec = _reconciler(cfg)
     StateStore(cfg.agent.state_dir).ensure_dir()
-    state = rec.store.load()
-    fetched = rec._fetch(state)
-    desired = rec.load_desired(fetched).desired
-    observed = rec.engine.observe(cfg.compose.name)
-    failed = fetched.revision in state.failed_revisions
-    plan = make_plan(fetched.revision,
-                     effective_target(desired, state.known_good, failed),
-                     observed, state.known_good)
-    print(f"revision {fetched.revision[:12]}"
-          + (" (failed before: not retried without --force)" if failed else ""))
-    if plan.is_noop:
+    view = queries.diff(_reconciler(cfg))
+    note = " (failed before: not retried without --force)" if view.failed_before else ""
+    if view.origin == "cached":
+        note += " (as last fetched by the running agent)"
+    print(f"revision {view.revision[:12]}{note}")
+    if not view.changes and not view.unverified:
         print("no changes")
-    for c in plan.changes:
+    for c in view.changes:
         print(f"~ {c.service}: {_short(c.old)} -> {_short(c.new)}  ({c.image})")
-    for s in plan.unverified:
+    for s in view.unverified:
         print(f"? {s}: running the target digest, not yet verified healthy")
     return EXIT_OK
 

@@ -182,6 +182,14 @@ def check_against_compose(
         raise DesiredStateError(source, problems)
 
 
+def registry_of(image: str) -> str:
+    """The registry host of an image repository (``docker.io`` when it names none)."""
+    first = image.split("/", 1)[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
 def check_allowed_images(desired: DesiredState, allowed: list[str] | None, source: str) -> None:
     if allowed is None:
         return

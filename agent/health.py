@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from agent.errors import TransientError
+from agent.errors import DockerUnavailable, TransientError
 from agent.failpoints import failpoint
 from agent.plan import ObservedContainer
 
@@ -79,11 +79,16 @@ def wait_healthy(
     sleep: Callable[[float], None] = time.sleep,
 ) -> str | None:
     """Poll until every service is healthy at its digest (None) or one fails / the
-    timeout passes (the reason, naming service and health output)."""
+    timeout passes (the reason, naming service and health output).
+
+    If the engine stopped answering during the wait (a daemon restart stops containers and
+    resets their state), a failure seen afterwards says nothing about the release: that is
+    :class:`DockerUnavailable`, transient, and the release is not judged."""
     deadline = clock() + timeout
     first_seen: dict[str, tuple[float, int]] = {}
     pending = set(services)
     last: dict[str, Verdict] = {}
+    engine_lost: str | None = None
     log.info("agent.health.waiting", services=sorted(services), timeout_seconds=timeout)
     while True:
         now = clock()
@@ -92,6 +97,7 @@ def wait_healthy(
         except TransientError as e:  # e.g. the Docker daemon restarting: keep polling
             log.warning("agent.health.observe_failed", error=str(e))
             observed = None
+            engine_lost = str(e)
         if observed is not None:
             failpoint("during-health")
             for svc in sorted(pending):
@@ -101,6 +107,8 @@ def wait_healthy(
                 v = judge(observed.get(svc, ()), digests[svc], first_seen, now, settle)
                 last[svc] = v
                 if v.state == "fail":
+                    if engine_lost is not None:
+                        raise _engine_went_away(engine_lost, f"{svc}: {v.detail}")
                     log.error("agent.health.failed", service=svc, digest=digests[svc],
                               reason=v.detail)
                     return f"{svc}: {v.detail}"
@@ -110,11 +118,21 @@ def wait_healthy(
         if not pending:
             return None
         if now >= deadline:
+            if engine_lost is not None:
+                raise _engine_went_away(engine_lost, "the health wait timed out")
             why = "; ".join(f"{s}: {last[s].detail}" for s in sorted(pending) if s in last)
             reason = f"not healthy within {timeout:.0f}s ({why or 'no container seen'})"
             log.error("agent.health.timeout", services=sorted(pending), reason=reason)
             return reason
         sleep(min(POLL_SECONDS, max(0.0, deadline - clock())))
+
+
+def _engine_went_away(error: str, then: str) -> DockerUnavailable:
+    log.error("agent.health.engine_lost", error=error, then=then,
+              message="the engine went away during the health wait; the release is not judged")
+    return DockerUnavailable(
+        f"the Docker engine went away during the health wait ({error}); afterwards {then}. "
+        "Not judged as a failed release: the next pass checks again")
 
 
 def service_health(containers: Sequence[ObservedContainer]) -> str:

@@ -89,10 +89,14 @@ def disposition(err: BaseException) -> Disposition:
 
 
 def exit_code(outcome: str, err: BaseException | None) -> int:
-    """The CLI's exit code for a pass: from its error's kind, else from its outcome."""
+    """The CLI's exit code for a pass: from its outcome where that decides (a release that
+    applied exits 0 even if the final record could not be written), else from the kind of
+    the error that ended it (``error`` passes: source, engine, registry, state_dir)."""
+    if outcome in OUTCOME_EXIT:
+        return OUTCOME_EXIT[outcome]
     if err is not None:
         return disposition(err).exit_code
-    return OUTCOME_EXIT.get(outcome, EXIT_RELEASE_FAILED)
+    return EXIT_RELEASE_FAILED
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,8 @@ class PassResult:
     target: dict[str, ImageDigest] = field(default_factory=dict)
     services: dict[str, ServiceReport] = field(default_factory=dict)
     forced: bool = False
+    # a rollback cut short by the engine going away: the intent stays for the next pass
+    keep_intent: bool = False
 
     @property
     def ok(self) -> bool:

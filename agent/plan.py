@@ -1,12 +1,14 @@
-"""Diff desired against observed: which services change, to what. Pure functions only."""
+"""Diff desired against observed: which services change, to what, and how. Pure functions
+only: the reconcile pass hands in what it observed and gets back a :class:`Plan` (what
+changes) and a :class:`Release` (the plan plus where to roll back to and in which order)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from agent.desired import DesiredState
-from agent.state import Change, ImageDigest
+from agent.desired import DesiredState, UpdateOrder
+from agent.state import Change, ImageDigest, InFlight
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,15 @@ class ObservedContainer:
     restart_count: int = 0
     exit_code: int = 0
     health_output: str = ""
+
+
+def repository_of(image_ref: str) -> str:
+    """``repo[:tag][@digest]`` -> ``repo`` (a registry port is not a tag)."""
+    ref = image_ref.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        ref = ref[: len(ref) - len(last)] + last.split(":", 1)[0]
+    return ref
 
 
 def running_digest(containers: Sequence[ObservedContainer]) -> str | None:
@@ -100,9 +111,69 @@ def previous_digests(
         if name in known_good and known_good[name].digest != plan.target[name].digest:
             out[name] = known_good[name]
             continue
-        have = running_digest(observed.get(name, ()))
+        containers = observed.get(name, ())
+        have = running_digest(containers)
         if have is not None and have != plan.target[name].digest:
-            out[name] = ImageDigest(image=plan.target[name].image, digest=have)
+            # the repository the running container came from, not the target's: a release
+            # that moves a service to another repository rolls back to where it was
+            live = next(c for c in containers if c.digest == have)
+            out[name] = ImageDigest(image=repository_of(live.image_ref) or plan.target[name].image,
+                                    digest=have)
         else:
             out[name] = None
     return out
+
+
+def carry_over_previous(
+    previous: Mapping[str, ImageDigest | None],
+    in_flight: InFlight | None,
+    target: Mapping[str, ImageDigest],
+) -> dict[str, ImageDigest | None]:
+    """An earlier pass stopped half-way: what it recorded as "previous" is where this pass
+    rolls back to, since what runs now may be that pass's unverified half-release."""
+    out = dict(previous)
+    if in_flight is not None:
+        for name, prev in in_flight.previous.items():
+            if name in out and prev is not None and prev.digest != target[name].digest:
+                out[name] = prev
+    return out
+
+
+@dataclass(frozen=True)
+class Release:
+    """A plan about to be acted on: where each touched service rolls back to, in which
+    update order it changes, and what ran before the pass acted."""
+
+    plan: Plan
+    previous: dict[str, ImageDigest | None]
+    orders: dict[str, UpdateOrder]
+    observed: Mapping[str, Sequence[ObservedContainer]]
+    # containers compose runs per service (``scale`` / ``deploy.replicas``)
+    declared: dict[str, int] = field(default_factory=dict)
+    # services compose.yml runs that desired-state does not manage, and that do not run
+    unmanaged_missing: list[str] = field(default_factory=list)
+
+    @property
+    def revision(self) -> str:
+        return self.plan.revision
+
+    @property
+    def target(self) -> dict[str, ImageDigest]:
+        return self.plan.target
+
+    @property
+    def touched(self) -> list[str]:
+        return self.plan.changed_services + self.plan.unverified
+
+    def by_order(self, services: Sequence[str]) -> list[tuple[UpdateOrder, list[str]]]:
+        """``services`` grouped by update order, stop-first first (one compose call each)."""
+        groups: list[tuple[UpdateOrder, list[str]]] = []
+        for order in ("stop-first", "start-first"):
+            mine = [s for s in services if self.orders.get(s, "stop-first") == order]
+            if mine:
+                groups.append((order, mine))
+        return groups
+
+    def rollback_pins(self) -> dict[str, ImageDigest]:
+        """The digests compose is pinned to during a rollback."""
+        return {**self.target, **{n: p for n, p in self.previous.items() if p is not None}}

@@ -46,6 +46,8 @@ class Engine(Protocol):
 
     def stop_and_remove(self, container_id: str) -> None: ...
 
+    def answers(self) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -53,6 +55,9 @@ class ComposeProject(Protocol):
     """``docker compose`` on the project: its model, and up/rm of named services."""
 
     def services(self) -> dict[str, Any]: ...
+
+    def pin(self, images: Mapping[str, str]) -> None:
+        """Pin services to ``image@digest`` for every later compose call (the override)."""
 
     def up(
         self,

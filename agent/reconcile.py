@@ -1,17 +1,28 @@
-"""One reconcile pass: observe → diff → act → verify → record.
+"""One reconcile pass, as a straight sequence of phases:
 
-Calls go one way: cli/daemon → reconcile → (desired, plan, state, health) and edges.
-The outcome is always recorded, failures included.
+    fetch → validate → observe/diff → pull → record intent → apply → verify
+          → commit or roll back → record
+
+Each phase is one small method that takes what the previous one produced and returns a
+value or raises a typed error. What an error means (outcome, rollback, failed revision,
+kept intent, exit code) is decided in one place: :func:`agent.outcomes.disposition`.
+How a service changes (stop-first, start-first) is the business of
+:mod:`agent.strategies`. The outcome is always recorded, failures included.
+
+Calls go one way: cli/daemon → reconcile → (desired, plan, state, health, strategies) and
+the edges, which reconcile reaches only through the protocols of :mod:`agent.ports`.
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -24,40 +35,36 @@ from agent.desired import (
     check_allowed_images,
     declared_scale,
     parse_desired_state,
+    registry_of,
     resolve_update_orders,
 )
-from agent.edges.compose import Compose, find_compose_command, render_override
-from agent.edges.docker import DockerEngine
-from agent.edges.source import Fetched, Source
 from agent.errors import (
-    AgentEnvironmentError,
     AgentError,
+    ApplyFailed,
     ComposeError,
-    DesiredStateError,
     DockerUnavailable,
     ImageNotFound,
-    InvalidInput,
     RegistryAuthError,
     RegistryUnavailable,
-    ReleaseFailed,
-    SourceUnavailable,
+    StateWriteError,
     TransientError,
+    Unhealthy,
     UntrustedRevision,
 )
-from agent.failpoints import armed, failpoint
-from agent.outcomes import PassResult as PassResult  # re-exported (daemon)
-from agent.outcomes import ServiceReport
+from agent.failpoints import failpoint
+from agent.outcomes import PassResult, ServiceReport, disposition
 from agent.plan import (
     ObservedContainer,
     Plan,
+    Release,
+    carry_over_previous,
     effective_target,
     make_plan,
     previous_digests,
     running_digest,
 )
-from agent.ports import PassObserver
+from agent.ports import ComposeProject, Engine, Fetched, PassObserver, Source
 from agent.retry import retry_transient
-from agent.secrets import token_from_file
 from agent.state import (
     AgentState,
     Change,
@@ -70,38 +77,54 @@ from agent.state import (
     utcnow,
     write_atomic,
 )
+from agent.strategies import Toolkit, UpdateStrategy, pins, strategy_for
+
+__all__ = ["Loaded", "PassResult", "Reconciler", "build_source"]
 
 log = structlog.get_logger()
 
 OVERRIDE_FILE = "compose.override.gitops-agent.json"
-DESIRED_CACHE = "desired-state.cache.yml"
-
+DESIRED_CACHE = "desired-state.cache.json"
 
 @dataclass(frozen=True)
 class Loaded:
+    """A fetched revision that passed validation: safe to act on."""
+
+    fetched: Fetched
     desired: DesiredState
     compose_services: dict[str, Any]
     orders: dict[str, UpdateOrder]
 
-
-class _Phases:
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-
-    def timed(self, name: str) -> _Timer:
-        return _Timer(self, name)
+    @property
+    def revision(self) -> str:
+        return self.fetched.revision
 
 
-class _Timer:
-    def __init__(self, phases: _Phases, name: str) -> None:
-        self.phases, self.name = phases, name
+@dataclass
+class _Run:
+    """What one pass has learnt so far: the error handler attributes a failure with it."""
 
-    def __enter__(self) -> None:
-        self.t0 = time.monotonic()
+    force: bool
+    revision: str | None = None
+    plan: Plan | None = None
+    observed: Mapping[str, Sequence[ObservedContainer]] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
 
-    def __exit__(self, *exc: object) -> None:
-        self.phases.times[self.name] = round(
-            self.phases.times.get(self.name, 0.0) + time.monotonic() - self.t0, 4
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(self.phases.get(name, 0.0) + time.monotonic() - t0, 4)
+
+    def result(self, outcome: Outcome, *, reason: str | None = None,
+               error: AgentError | None = None) -> PassResult:
+        plan = self.plan
+        return PassResult(
+            outcome, self.revision, list(plan.changes) if plan else [], reason=reason,
+            error=error, target=dict(plan.target) if plan else {},
+            services=_reports(plan.target if plan else {}, self.observed), forced=self.force,
         )
 
 
@@ -111,6 +134,7 @@ def build_source(cfg: AgentConfig) -> Source:
 
         return GitHubSource.from_config(cfg)
     from agent.edges.git import GitSource
+    from agent.secrets import token_from_file
 
     return GitSource(
         cfg.source.repo,
@@ -126,99 +150,108 @@ def build_source(cfg: AgentConfig) -> Source:
     )
 
 
+def _default_engine(cfg: AgentConfig) -> Engine:
+    from agent.edges.docker import DockerEngine
+
+    return DockerEngine(pull_stall_timeout=cfg.agent.pull_stall_timeout_seconds)
+
+
+def _default_compose(cfg: AgentConfig) -> ComposeProject:
+    from agent.edges.compose import Compose, find_compose_command
+
+    return Compose(find_compose_command(cfg.compose.command), cfg.compose.project_dir,
+                   cfg.compose.files, cfg.compose.name,
+                   override=cfg.agent.state_dir / OVERRIDE_FILE)
+
+
 class Reconciler:
     def __init__(
         self,
         cfg: AgentConfig,
         *,
         source: Source | None = None,
-        engine: DockerEngine | None = None,
-        compose: Compose | None = None,
+        engine: Engine | None = None,
+        compose: ComposeProject | None = None,
         registry_auth: Mapping[str, dict[str, str]] | None = None,
         observers: Sequence[PassObserver] = (),
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cfg = cfg
-        self.observers = list(observers)
-        # what this pass aimed at and saw, for the observers (reset each pass)
-        self._pass_target: dict[str, ImageDigest] = {}
-        self._pass_observed: Mapping[str, Sequence[ObservedContainer]] = {}
-        self._pass_touched = False
         self.store = StateStore(cfg.agent.state_dir)
         self.source = source or build_source(cfg)
-        self.engine = engine or DockerEngine(
-            pull_stall_timeout=cfg.agent.pull_stall_timeout_seconds)
-        self.override_path = cfg.agent.state_dir / OVERRIDE_FILE
-        self.compose = compose or Compose(
-            find_compose_command(cfg.compose.command),
-            cfg.compose.project_dir,
-            cfg.compose.files,
-            cfg.compose.name,
-            override=self.override_path,
-        )
+        self.engine = engine or _default_engine(cfg)
+        self.compose = compose or _default_compose(cfg)
         self.registry_auth = dict(registry_auth or {})
+        self.observers = list(observers)
+        self.kit = Toolkit(self.engine, self.compose, cfg.compose.name,
+                           cfg.agent.handover_seconds, self._pull, sleep)
 
     # ================================================================== the pass
     def run_pass(self, *, force: bool = False) -> PassResult:
-        t0 = time.monotonic()
-        started = utcnow()
-        phases = _Phases()
-        self._pass_target, self._pass_observed, self._pass_touched = {}, {}, False
+        """One pass, recorded whatever happens. Never raises an AgentError."""
+        t0, started, run = time.monotonic(), utcnow(), _Run(force)
         self.store.ensure_dir()
         state = self.store.load()
         try:
-            # a full or read-only state_dir is named as such, not as the git fetch into
-            # the mirror failing; nothing is fetched or touched without a record
+            # a full or read-only state_dir is named as such before anything is fetched
             self.store.probe_writable()
-            result = self._pass(state, force=force, phases=phases)
+            result = self._pass(state, run)
         except AgentError as e:
-            log.error("agent.pass.error", error=str(e), kind=type(e).__name__)
-            result = PassResult("error", None, reason=str(e), error=e)
+            result = self._failed(state, run, e)
         except Exception as e:
             log.exception("agent.pass.crashed", error=repr(e))
-            result = PassResult("error", None, reason=f"internal error: {e!r}")
-            result.duration_seconds = round(time.monotonic() - t0, 3)
-            self._record(state, result, started, force)
-            self._tell_finished(result, force)
+            result = run.result("error", reason=f"internal error: {e!r}")
+            self._record(state, result, started, t0, keep_intent=True)
             raise
-        result.duration_seconds = round(time.monotonic() - t0, 3)
-        result.phases = phases.times
-        self._record(state, result, started, force)
-        self._tell_finished(result, force)
+        self._record(state, result, started, t0,
+                     keep_intent=result.error is not None
+                     and disposition(result.error).keep_intent)
+        self._tell(lambda o: o.pass_finished(result))
         return result
 
-    # ================================================================== observers
-    def _tell_started(self, revision: str, services: Sequence[str]) -> None:
-        for o in self.observers:
-            try:
-                o.release_started(revision, list(services))
-            except Exception as e:  # noqa: BLE001 - a report never fails the release
-                log.error("agent.report.observer_failed", observer=type(o).__name__,
-                          error=repr(e))
+    def _pass(self, state: AgentState, run: _Run) -> PassResult:
+        self._note_recovery(state)
+        with run.timed("fetch"):
+            fetched = self._fetch(state)
+        run.revision = fetched.revision
+        failpoint("after-fetch")
+        with structlog.contextvars.bound_contextvars(revision=fetched.revision[:12]):
+            with run.timed("validate"):
+                loaded = self.load_desired(fetched)
+            self._cache_desired(state, fetched)
+            with run.timed("observe"):
+                run.observed = observed = self._observe(loaded)
+            run.plan = plan = self._diff(state, loaded, observed, run.force)
+            if plan.is_noop:
+                return self._idle(state, run, plan)
+            release = self._prepare(state, loaded, plan, observed)
+            with run.timed("pull"):
+                self._pull(plan.changes)
+            failpoint("after-pull")
+            self._record_intent(state, release)
+            return self._release(state, run, release)
 
-    def _tell_finished(self, result: PassResult, force: bool) -> None:
-        if not self.observers:
-            return
-        result.forced = force
-        result.target = dict(self._pass_target)
-        observed = self._pass_observed
-        if self._pass_touched and self._pass_target:
-            try:  # containers changed during the pass: report what runs now
-                observed = self.engine.observe(self.cfg.compose.name, set(self._pass_target))
-            except Exception as e:  # noqa: BLE001 - reporting never fails a pass
-                log.warning("agent.report.observe_failed", error=repr(e))
-                observed = {}
-        result.services = {
-            n: ServiceReport(running_digest(observed.get(n, [])),
-                             health.service_health(observed.get(n, [])))
-            for n in self._pass_target if observed}
-        for o in self.observers:
-            try:
-                o.pass_finished(result)
-            except Exception as e:  # noqa: BLE001
-                log.error("agent.report.observer_failed", observer=type(o).__name__,
-                          error=repr(e))
+    def _release(self, state: AgentState, run: _Run, release: Release) -> PassResult:
+        """Apply, verify, then commit — or roll back whatever the release touched."""
+        self._tell(lambda o: o.release_started(release.revision, release.touched))
+        try:
+            with run.timed("apply"):
+                self._apply(release)
+            failpoint("after-apply")
+            if release.touched:
+                self._set_phase(state, "verify")
+                with run.timed("health"):
+                    run.observed = self._verify(release)
+        except AgentError as e:
+            if not disposition(e).rollback:
+                raise
+            with run.timed("rollback"):
+                return self._roll_back(state, run, release, e)
+        self._commit(release)
+        return self._succeeded(state, run, release)
 
-    def _pass(self, state: AgentState, *, force: bool, phases: _Phases) -> PassResult:
+    # ------------------------------------------------------------------ fetch
+    def _note_recovery(self, state: AgentState) -> None:
         if state.in_flight is not None:
             log.warning(
                 "agent.recover.in_flight",
@@ -227,29 +260,14 @@ class Reconciler:
                 services=sorted(state.in_flight.target),
                 message="an earlier pass stopped half-way; converging now",
             )
-        # ---- fetch
-        try:
-            with phases.timed("fetch"):
-                fetched = self._fetch(state)
-        except SourceUnavailable as e:
-            log.error("agent.fetch.failed", source=self.source.describe(), error=str(e))
-            return PassResult("error", None, reason=str(e), error=e)
-        except DesiredStateError as e:
-            log.error("agent.desired.invalid", error=str(e))
-            return PassResult("invalid", None, reason=str(e), error=e)
-        rev = fetched.revision
-        failpoint("after-fetch")
-        structlog.contextvars.bind_contextvars(revision=rev[:12])
-        try:
-            return self._pass_at(state, fetched, force=force, phases=phases)
-        finally:
-            structlog.contextvars.unbind_contextvars("revision")
 
     def _fetch(self, state: AgentState) -> Fetched:
-        fetched = retry_transient(
-            self.source.fetch, event="agent.fetch", retry_on=SourceUnavailable,
-            source=self.source.describe(),
-        )
+        try:
+            fetched = retry_transient(self.source.fetch, event="agent.fetch",
+                                      retry_on=TransientError, source=self.source.describe())
+        except TransientError as e:
+            log.error("agent.fetch.failed", source=self.source.describe(), error=str(e))
+            raise
         log.info("agent.fetch.done", revision=fetched.revision, source=self.source.describe())
         if fetched.went_backwards:
             previous = state.last_attempted.revision if state.last_attempted else None
@@ -259,15 +277,9 @@ class Reconciler:
                 previous=previous,
                 message="branch head moved to an older commit (force-push?); following it",
             )
-        cache = self.cfg.agent.state_dir / DESIRED_CACHE
-        seen = state.last_attempted.revision if state.last_attempted else None
-        if seen != fetched.revision or not cache.exists():  # not rewritten on idle passes
-            try:
-                write_atomic(cache, fetched.content)
-            except AgentEnvironmentError:
-                pass  # the cache only serves `status`; the record itself is checked later
         return fetched
 
+    # ------------------------------------------------------------------ validate
     def load_desired(self, fetched: Fetched) -> Loaded:
         """Parse and validate everything before anything is touched. Raises InvalidInput."""
         source = f"{fetched.path}@{fetched.revision[:12]}"
@@ -278,36 +290,37 @@ class Reconciler:
         compose_services = self.compose.services()
         check_against_compose(desired, compose_services, source)
         orders = resolve_update_orders(desired, compose_services, source)
-        return Loaded(desired, compose_services, orders)
+        return Loaded(fetched, desired, compose_services, orders)
 
-    def _pass_at(
-        self, state: AgentState, fetched: Fetched, *, force: bool, phases: _Phases
-    ) -> PassResult:
-        rev = fetched.revision
-        # ---- validate (pure + compose config); invalid input is stalled
+    def _cache_desired(self, state: AgentState, fetched: Fetched) -> None:
+        """The last valid desired state, for ``status`` and ``diff`` while the daemon runs.
+        Written only after validation (untrusted content never lands in state_dir), and not
+        rewritten on idle passes."""
+        path = self.cfg.agent.state_dir / DESIRED_CACHE
+        seen = state.last_attempted.revision if state.last_attempted else None
+        if seen == fetched.revision and path.exists():
+            return
+        doc = {"revision": fetched.revision, "path": fetched.path,
+               "content": fetched.content.decode("utf-8")}
+        self._save_best_effort(lambda: write_atomic(path, json.dumps(doc).encode()),
+                               what="desired-state cache")
+
+    # ------------------------------------------------------------------ observe / diff
+    def _observe(self, loaded: Loaded) -> dict[str, list[ObservedContainer]]:
         try:
-            with phases.timed("validate"):
-                loaded = self.load_desired(fetched)
-                desired, compose_services = loaded.desired, loaded.compose_services
-        except InvalidInput as e:
-            log.error("agent.desired.invalid", revision=rev, error=str(e))
-            return PassResult("invalid", rev, reason=str(e), error=e)
+            return self.engine.observe(self.cfg.compose.name, set(loaded.desired.services))
+        except DockerUnavailable as e:
+            log.error("agent.observe.failed", error=str(e))
+            raise
 
+    def _diff(self, state: AgentState, loaded: Loaded,
+              observed: Mapping[str, Sequence[ObservedContainer]], force: bool) -> Plan:
+        rev = loaded.revision
         revision_failed = rev in state.failed_revisions and not force
         if force and rev in state.failed_revisions:
             log.info("agent.sync.forced", revision=rev,
                      previous_failure=state.failed_revisions[rev])
-
-        # ---- observe + diff
-        try:
-            with phases.timed("observe"):
-                observed = self.engine.observe(self.cfg.compose.name,
-                                               set(desired.services))
-        except DockerUnavailable as e:
-            log.error("agent.observe.failed", error=str(e))
-            return PassResult("error", rev, reason=str(e), error=e)
-        target = effective_target(desired, state.known_good, revision_failed)
-        self._pass_target, self._pass_observed = dict(target), observed
+        target = effective_target(loaded.desired, state.known_good, revision_failed)
         plan = make_plan(rev, target, observed, state.known_good)
         log.info(
             "agent.diff",
@@ -316,97 +329,141 @@ class Reconciler:
             unverified=plan.unverified,
             unchanged=sorted(set(target) - set(plan.changed_services) - set(plan.unverified)),
         )
+        return plan
 
-        missing_unmanaged = sorted(
-            s for s in compose_services if s not in target and s not in observed
+    def _idle(self, state: AgentState, run: _Run, plan: Plan) -> PassResult:
+        """Nothing to change. Unmanaged services are started alongside a release, never on
+        their own: a missing unmanaged image must not turn every poll into a pull."""
+        rev = plan.revision
+        if rev in state.failed_revisions and not run.force:
+            reason = (f"revision {rev[:12]} failed before ({state.failed_revisions[rev]}); "
+                      "the last known-good digests run; "
+                      "not retried until a new commit or 'sync --force'")
+            log.warning("agent.sync.skipped_failed_revision", revision=rev,
+                        reason=state.failed_revisions[rev])
+            return run.result("skipped", reason=reason)
+        problems = health.snapshot_problems(plan.target, run.observed)
+        if problems:
+            log.warning("agent.health.degraded", problems=problems)
+            return run.result("degraded", reason="; ".join(problems))
+        self._note_applied(state, plan)
+        return run.result("no-op")
+
+    def _prepare(self, state: AgentState, loaded: Loaded, plan: Plan,
+                 observed: Mapping[str, Sequence[ObservedContainer]]) -> Release:
+        previous = carry_over_previous(previous_digests(plan, observed, state.known_good),
+                                       state.in_flight, plan.target)
+        return Release(
+            plan=plan, previous=previous, orders=loaded.orders, observed=observed,
+            declared={s: declared_scale(loaded.compose_services.get(s) or {})
+                      for s in plan.target},
+            unmanaged_missing=sorted(s for s in loaded.compose_services
+                                     if s not in plan.target and s not in observed),
         )
-        if plan.is_noop:
-            # Unmanaged services are started alongside a release, never on their own: a
-            # missing unmanaged image must not turn every idle poll into a pull attempt.
-            return self._noop(plan, observed, revision_failed, state)
 
-        previous = previous_digests(plan, observed, state.known_good)
-        if state.in_flight is not None:
-            for name, prev in state.in_flight.previous.items():
-                if name in previous and prev is not None and prev.digest != target[name].digest:
-                    previous[name] = prev
+    # ------------------------------------------------------------------ pull
+    def _pull(self, changes: Sequence[Change]) -> None:
+        """Pull every digest that is not local, before any container is touched."""
+        todo = [c for c in changes if not self.engine.has_image(c.image, c.new)]
+        for c in changes:
+            if c not in todo:
+                log.info("agent.pull.cached", service=c.service, digest=c.new)
+        workers = min(self.cfg.agent.pull_concurrency, len(todo))
+        if workers <= 1:
+            for c in todo:
+                self._pull_one(c)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull") as pool:
+            errors = [f.exception() for f in [pool.submit(self._pull_one, c) for c in todo]]
+        # auth / not-found errors first: they say what a person must fix
+        for kind in (RegistryAuthError, ImageNotFound, TransientError, BaseException):
+            for err in errors:
+                if isinstance(err, kind):
+                    raise err
 
-        # ---- pull (before any container is touched)
+    def _pull_one(self, c: Change) -> None:
+        log.info("agent.pull.started", service=c.service, image=c.image, digest=c.new)
+        t0 = time.monotonic()
         try:
-            with phases.timed("pull"):
-                self._pull_all(plan.changes)
-        except (RegistryUnavailable, DockerUnavailable) as e:
-            log.error("agent.pull.failed", error=str(e),
-                      message="release aborted before touching any container")
-            return PassResult("error", rev, plan.changes, reason=str(e), error=e)
+            retry_transient(lambda: self.engine.pull(c.image, c.new, self._auth_for(c.image)),
+                            event="agent.pull", retry_on=RegistryUnavailable,
+                            service=c.service, image=f"{c.image}@{c.new}")
         except RegistryAuthError as e:
             log.error("agent.pull.unauthorized", registry=e.registry, error=str(e))
-            return PassResult("failed", rev, plan.changes, reason=str(e), error=e)
+            raise
         except ImageNotFound as e:
-            log.error("agent.pull.not_found", error=str(e))
-            state.mark_failed(rev, str(e))
-            return PassResult("failed", rev, plan.changes, reason=str(e), error=e)
-        failpoint("after-pull")
+            log.error("agent.pull.not_found", service=c.service, error=str(e))
+            raise
+        except AgentError as e:
+            log.error("agent.pull.failed", service=c.service, error=str(e),
+                      message="release aborted before touching any container")
+            raise
+        log.info("agent.pull.done", service=c.service, digest=c.new,
+                 seconds=round(time.monotonic() - t0, 3))
 
-        # ---- record intent, then act
-        touched = plan.changed_services + plan.unverified
-        start_first = {s for s in touched if loaded.orders.get(s) == "start-first"}
+    def _auth_for(self, image: str) -> dict[str, str] | None:
+        return self.registry_auth.get(registry_of(image))
+
+    # ------------------------------------------------------------------ intent
+    def _record_intent(self, state: AgentState, release: Release) -> None:
+        """Written before any container is touched; the agent refuses to act without it."""
         state.in_flight = InFlight(
-            revision=rev, started_at=utcnow(), phase="apply", previous=previous,
-            target={n: target[n] for n in touched},
+            revision=release.revision, started_at=utcnow(), phase="apply",
+            previous=release.previous, target={n: release.target[n] for n in release.touched},
         )
         self.store.probe_writable()
-        self.store.save(state)  # refuses to act without a record (StateWriteError)
-        self._pass_touched = True
-        if touched:
-            self._tell_started(rev, touched)
-
-        try:
-            with phases.timed("apply"):
-                self._write_override(target)
-                if missing_unmanaged:
-                    self._start_unmanaged(missing_unmanaged)
-                if plan.changes:
-                    log.info("agent.apply.started", services=plan.changed_services,
-                             digests={c.service: c.new for c in plan.changes},
-                             update={c.service: loaded.orders[c.service] for c in plan.changes})
-                    stop_first = [s for s in plan.changed_services if s not in start_first]
-                    if armed("during-apply"):  # fault tests: die between two services
-                        self.compose.up(stop_first[:1], pull="never")
-                        failpoint("during-apply")
-                        stop_first = stop_first[1:]
-                    self.compose.up(stop_first, pull="never")  # one compose call
-                    sf_changed = [s for s in plan.changed_services if s in start_first]
-                    if sf_changed:
-                        scale = {s: self._start_first_scale(
-                            observed.get(s, ()), target[s].digest, compose_services[s])
-                            for s in sf_changed}
-                        log.info("agent.apply.start_first", services=sf_changed, scale=scale,
-                                 message="new containers start beside the old ones")
-                        self.compose.up(sf_changed, pull="never", scale=scale, no_recreate=True)
-                        failpoint("during-apply")
-                    log.info("agent.apply.done", services=plan.changed_services)
-        except ComposeError as e:
-            log.error("agent.apply.failed", command=" ".join(e.command[-6:]),
-                      exit_code=e.returncode, stderr=e.stderr.strip()[-500:])
-            return self._rollback(state, plan, previous, f"docker compose up failed: {e}",
-                                  phases, e, start_first)
-
-        if not touched:
-            return self._finish_success(state, plan, target)
-
-        # ---- verify
-        failpoint("after-apply")
-        state.in_flight.phase = "verify"
         self.store.save(state)
-        with phases.timed("health"):
-            verdict = self._wait_healthy(touched, target)
+
+    def _set_phase(self, state: AgentState, phase: Literal["verify", "rollback"]) -> None:
+        assert state.in_flight is not None
+        state.in_flight.phase = phase
+        self._save_best_effort(lambda: self.store.save(state), what="intent")
+
+    # ------------------------------------------------------------------ apply / verify
+    def _apply(self, release: Release) -> None:
+        self._pin(release.target)
+        if release.unmanaged_missing:
+            self._start_unmanaged(release.unmanaged_missing)
+        changed = release.plan.changed_services
+        if not changed:
+            return
+        log.info("agent.apply.started", services=changed,
+                 digests={c.service: c.new for c in release.plan.changes},
+                 update={s: release.orders.get(s, "stop-first") for s in changed})
+        for strategy, services in self._strategies(release, changed):
+            try:
+                strategy.apply(services, release)
+            except ComposeError as e:
+                raise self._compose_failed(e) from None
+            failpoint("during-apply")
+        log.info("agent.apply.done", services=changed)
+
+    def _compose_failed(self, e: ComposeError) -> AgentError:
+        """compose failed: the release's fault (rolled back), or the engine went away."""
+        if not self.engine.answers():
+            log.error("agent.apply.engine_lost", error=str(e))
+            return DockerUnavailable(f"the Docker engine went away during apply: {e}")
+        log.error("agent.apply.failed", command=" ".join(e.command[-6:]),
+                  exit_code=e.returncode, stderr=e.stderr.strip()[-500:])
+        return ApplyFailed(f"docker compose up failed: {e}")
+
+    def _verify(self, release: Release) -> dict[str, list[ObservedContainer]]:
+        """Every touched service healthy at its target digest, else Unhealthy."""
+        verdict = self._wait_healthy(release.touched, release.target)
         if verdict is not None:
-            return self._rollback(state, plan, previous, verdict, phases, ReleaseFailed(verdict),
-                                  start_first)
-        if start_first:
-            self._retire_old(sorted(start_first), target)
-        return self._finish_success(state, plan, target)
+            raise Unhealthy(verdict)
+        return self.engine.observe(self.cfg.compose.name, set(release.target))
+
+    def _wait_healthy(self, services: Sequence[str],
+                      target: Mapping[str, ImageDigest]) -> str | None:
+        return health.wait_healthy(
+            observe=lambda: self.engine.observe(self.cfg.compose.name, set(services),
+                                                detail=True),
+            services=services,
+            digests={s: target[s].digest for s in services},
+            timeout=self.cfg.agent.health_timeout_seconds,
+            settle=self.cfg.agent.settle_seconds,
+        )
 
     def _start_unmanaged(self, services: Sequence[str]) -> None:
         """Best effort: services desired-state does not list run as compose.yml says. Their
@@ -418,234 +475,92 @@ class Reconciler:
             log.warning("agent.apply.unmanaged_failed", services=list(services),
                         error=e.stderr.strip().splitlines()[-1] if e.stderr.strip() else str(e))
 
-    # ================================================================== start-first
-    @staticmethod
-    def _start_first_scale(
-        containers: Sequence[ObservedContainer], digest: str, compose_service: Mapping[str, Any]
-    ) -> int:
-        """Total containers to ask compose for so that ``declared`` run the new digest while
-        every existing one stays (``--no-recreate``)."""
-        at_target = [c for c in containers if c.digest == digest and c.status == "running"]
-        return len(containers) + max(0, declared_scale(compose_service) - len(at_target))
+    # ------------------------------------------------------------------ commit / roll back
+    def _commit(self, release: Release) -> None:
+        for strategy, services in self._strategies(release, release.touched):
+            strategy.commit(services, release)
 
-    def _retire_old(self, services: Sequence[str], target: Mapping[str, ImageDigest]) -> None:
-        """The new containers are healthy: stop the old ones gracefully and remove them."""
-        if self.cfg.agent.handover_seconds > 0:
-            log.info("agent.apply.handover", services=list(services),
-                     seconds=self.cfg.agent.handover_seconds)
-            time.sleep(self.cfg.agent.handover_seconds)
-        observed = self.engine.observe(self.cfg.compose.name, set(services))
-        for s in services:
-            for c in observed.get(s, ()):
-                if c.digest != target[s].digest:
-                    log.info("agent.apply.retiring", service=s, container=c.name,
-                             digest=c.digest)
-                    self.engine.stop_and_remove(c.container_id)
+    def _succeeded(self, state: AgentState, run: _Run, release: Release) -> PassResult:
+        log.info("agent.health.ok", services=release.touched)
+        self._note_applied(state, release.plan)
+        return run.result("applied")
 
-    def _withdraw_new(
-        self, services: Sequence[str], target: Mapping[str, ImageDigest]
-    ) -> list[str]:
-        """A start-first release failed: remove its new containers. Returns the services
-        handled (their old containers never stopped); the others need a regular rollback."""
-        observed = self.engine.observe(self.cfg.compose.name, set(services))
-        handled = []
-        for s in services:
-            cs = observed.get(s, ())
-            old = [c for c in cs if c.digest != target[s].digest and c.status == "running"]
-            if not old:
-                continue
-            for c in cs:
-                if c.digest == target[s].digest:
-                    self.engine.stop_and_remove(c.container_id)
-            log.info("agent.rollback.start_first", service=s, kept=[c.name for c in old],
-                     message="new container removed; the old one never stopped")
-            handled.append(s)
-        return handled
-
-    # ================================================================== steps
-    def _noop(
-        self,
-        plan: Plan,
-        observed: Mapping[str, Sequence[ObservedContainer]],
-        revision_failed: bool,
-        state: AgentState,
-    ) -> PassResult:
-        problems = health.snapshot_problems(plan.target, observed)
-        if revision_failed:
-            reason = (
-                f"revision {plan.revision[:12]} failed before "
-                f"({state.failed_revisions[plan.revision]}); the last known-good digests run; "
-                "not retried until a new commit or 'sync --force'"
-            )
-            log.warning("agent.sync.skipped_failed_revision", revision=plan.revision,
-                        reason=state.failed_revisions[plan.revision])
-            return PassResult("skipped", plan.revision, reason=reason,
-                              error=ReleaseFailed(reason))
-        if problems:
-            reason = "; ".join(problems)
-            log.warning("agent.health.degraded", problems=problems)
-            return PassResult("degraded", plan.revision, reason=reason,
-                              error=ReleaseFailed(reason))
-        return PassResult("no-op", plan.revision)
-
-    def _pull_all(self, changes: Sequence[Change]) -> None:
-        todo = [c for c in changes if not self.engine.has_image(c.image, c.new)]
-        for c in changes:
-            if c not in todo:
-                log.info("agent.pull.cached", service=c.service, digest=c.new)
-        if not todo:
-            return
-
-        def pull_one(c: Change) -> None:
-            ref = f"{c.image}@{c.new}"
-            log.info("agent.pull.started", service=c.service, image=c.image, digest=c.new)
-            t0 = time.monotonic()
-            retry_transient(
-                lambda: self.engine.pull(c.image, c.new, self._auth_for(c.image)),
-                event="agent.pull", retry_on=RegistryUnavailable, service=c.service,
-                image=ref,
-            )
-            log.info("agent.pull.done", service=c.service, digest=c.new,
-                     seconds=round(time.monotonic() - t0, 3))
-
-        workers = min(self.cfg.agent.pull_concurrency, len(todo))
-        if workers == 1:
-            for c in todo:
-                pull_one(c)
-            return
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull") as pool:
-            futures = [pool.submit(pull_one, c) for c in todo]
-            errors = [f.exception() for f in futures]
-        # auth / not-found errors first: they say what a person must fix
-        for kind in (RegistryAuthError, ImageNotFound, TransientError, BaseException):
-            for err in errors:
-                if isinstance(err, kind):
-                    raise err
-
-    def _auth_for(self, image: str) -> dict[str, str] | None:
-        from agent.edges.docker import registry_of
-
-        return self.registry_auth.get(registry_of(image))
-
-    def _write_override(self, images: Mapping[str, ImageDigest]) -> None:
-        write_atomic(
-            self.override_path,
-            render_override({n: f"{d.image}@{d.digest}" for n, d in images.items()}),
-        )
-
-    def _wait_healthy(self, services: Sequence[str], target: Mapping[str, ImageDigest]) -> str | None:
-        """None when every service is healthy at its target digest; else the reason."""
-        return health.wait_healthy(
-            observe=lambda: self.engine.observe(self.cfg.compose.name, set(services),
-                                                detail=True),
-            services=services,
-            digests={s: target[s].digest for s in services},
-            timeout=self.cfg.agent.health_timeout_seconds,
-            settle=self.cfg.agent.settle_seconds,
-        )
-
-    def _rollback(
-        self,
-        state: AgentState,
-        plan: Plan,
-        previous: Mapping[str, ImageDigest | None],
-        reason: str,
-        phases: _Phases,
-        error: AgentError,
-        start_first: set[str] | None = None,
-    ) -> PassResult:
-        log.error("agent.release.failed", revision=plan.revision, reason=reason,
-                  services=plan.changed_services + plan.unverified)
-        state.mark_failed(plan.revision, reason)
-        assert state.in_flight is not None
-        state.in_flight.phase = "rollback"
-        self.store.save(state)
-
-        back = {n: p for n, p in previous.items() if p is not None}
-        remove = sorted(n for n, p in previous.items() if p is None)
-        pins = {**plan.target, **back}
-        rollback_note = ""
-        with phases.timed("rollback"):
-            try:
-                self._write_override(pins)
-                if start_first:
-                    for s in self._withdraw_new(sorted(start_first), plan.target):
-                        back.pop(s, None)
-                        if s in remove:
-                            remove.remove(s)
-                if back:
-                    log.info("agent.rollback.started",
-                             services={n: d.digest for n, d in back.items()})
-                    self._pull_all([Change(service=n, image=d.image, old=None, new=d.digest)
-                                    for n, d in back.items()])
-                    self.compose.up(sorted(back), pull="never")
-                    failpoint("during-rollback")
-                if remove:
-                    log.info("agent.rollback.removing", services=remove,
-                             message="no earlier release of these services to return to")
-                    self.compose.remove(remove)
-                bad = self._wait_healthy(sorted(back), pins) if back else None
-            except AgentError as e:
-                bad = str(e)
-            if bad is None:
-                log.info("agent.rollback.done", services=sorted(back), removed=remove)
-                for n, d in back.items():
-                    state.known_good[n] = d
-            else:
-                rollback_note = f"; rollback did not become healthy: {bad}"
-                log.error("agent.rollback.unhealthy", reason=bad)
-        return PassResult("rolled-back", plan.revision, plan.changes,
-                          reason=reason + rollback_note, error=error)
-
-    def _finish_success(
-        self, state: AgentState, plan: Plan, target: Mapping[str, ImageDigest]
-    ) -> PassResult:
-        # A failed revision that is not forced converges on the known-good digests: that
-        # working must not clear the failure, or the next pass retries the bad release.
-        new_digests = any(
-            c.service not in state.known_good or state.known_good[c.service].digest != c.new
-            for c in plan.changes
-        )
-        for n, d in target.items():
-            state.known_good[n] = d
-        for gone in set(state.known_good) - set(target):
-            del state.known_good[gone]  # no longer managed
+    def _note_applied(self, state: AgentState, plan: Plan) -> None:
+        """The target runs healthy: it is known-good. A failed revision converging on the
+        known-good digests keeps its failure, or the next pass retries the bad release;
+        a forced retry that worked clears it."""
+        new_digests = any(c.service not in state.known_good
+                          or state.known_good[c.service].digest != c.new for c in plan.changes)
+        state.known_good = dict(plan.target)
         if plan.revision in state.failed_revisions and new_digests:
-            # a forced retry that worked
             del state.failed_revisions[plan.revision]
-        outcome: Outcome = "applied" if plan.changes or plan.unverified else "no-op"
-        log.info("agent.health.ok", services=plan.changed_services + plan.unverified)
-        return PassResult(outcome, plan.revision, plan.changes)
 
-    # ================================================================== record
-    def _record(
-        self, state: AgentState, result: PassResult, started: datetime, force: bool
-    ) -> None:
+    def _roll_back(self, state: AgentState, run: _Run, release: Release,
+                   error: AgentError) -> PassResult:
+        """Ask each strategy to undo its own services, then check what was restored."""
+        log.error("agent.release.failed", revision=release.revision, reason=str(error),
+                  services=release.touched)
+        state.mark_failed(release.revision, str(error))  # before undoing: a crash mid-way
+        self._set_phase(state, "rollback")  # converges on the previous release
+        note, keep_intent = "", False
+        try:
+            self._pin(release.rollback_pins())
+            restored: list[str] = []
+            for strategy, services in self._strategies(release, release.touched):
+                restored += strategy.undo(services, release)
+            bad = self._wait_healthy(restored, release.rollback_pins()) if restored else None
+        except AgentError as e:
+            bad, keep_intent = str(e), isinstance(e, TransientError)
+        if bad is None:
+            log.info("agent.rollback.done", services=restored,
+                     removed=sorted(s for s in release.touched
+                                    if release.previous.get(s) is None))
+            state.known_good.update({s: p for s in restored
+                                     if (p := release.previous.get(s)) is not None})
+        else:
+            note = f"; rollback did not become healthy: {bad}"
+            log.error("agent.rollback.unhealthy", reason=bad)
+        result = run.result("rolled-back", reason=str(error) + note, error=error)
+        result.keep_intent = keep_intent
+        return result
+
+    def _strategies(self, release: Release,
+                    services: Sequence[str]) -> list[tuple[UpdateStrategy, list[str]]]:
+        return [(strategy_for(order, self.kit), group)
+                for order, group in release.by_order(services)]
+
+    def _pin(self, images: Mapping[str, ImageDigest]) -> None:
+        self.compose.pin(pins(images))
+
+    # ------------------------------------------------------------------ record
+    def _failed(self, state: AgentState, run: _Run, e: AgentError) -> PassResult:
+        """An error ended the pass: the table says what it means."""
+        disp = disposition(e)
+        event = {"invalid": "agent.desired.invalid", "error": "agent.pass.error"}.get(
+            disp.outcome, "agent.release.not_applied")
+        log.error(event, outcome=disp.outcome, error=str(e), kind=type(e).__name__)
+        if disp.mark_failed and run.revision is not None:
+            state.mark_failed(run.revision, str(e))
+        return run.result(disp.outcome, reason=str(e), error=e)
+
+    def _record(self, state: AgentState, result: PassResult, started: datetime,
+                t0: float, *, keep_intent: bool) -> None:
+        result.duration_seconds = round(time.monotonic() - t0, 3)
         now = utcnow()
-        if result.outcome != "error":
-            # an "error" pass (transient) keeps a recorded intent so the next pass converges
+        if not (keep_intent or result.keep_intent):
             state.in_flight = None
         state.last_attempted = RevisionRecord(
-            revision=result.revision, at=now, outcome=result.outcome, reason=result.reason
-        )
+            revision=result.revision, at=now, outcome=result.outcome, reason=result.reason)
         if result.outcome == "applied" or (result.outcome == "no-op" and (
-            state.last_applied is None or state.last_applied.revision != result.revision
-        )):
+                state.last_applied is None or state.last_applied.revision != result.revision)):
             state.last_applied = RevisionRecord(revision=result.revision, at=now,
                                                 outcome=result.outcome)
-        state.record_pass(
-            PassRecord(
-                started_at=started,
-                duration_seconds=result.duration_seconds,
-                revision=result.revision,
-                outcome=result.outcome,
-                changes=result.changes if result.outcome in ("applied", "rolled-back") else [],
-                reason=result.reason,
-                forced=force,
-                phases=result.phases,
-            ),
-            self.cfg.agent.history_limit,
-        )
+        state.record_pass(PassRecord(
+            started_at=started, duration_seconds=result.duration_seconds,
+            revision=result.revision, outcome=result.outcome,
+            changes=result.changes if result.outcome in ("applied", "rolled-back") else [],
+            reason=result.reason, forced=result.forced, phases=result.phases,
+        ), self.cfg.agent.history_limit)
         try:
             self.store.save(state)
         except AgentError as e:
@@ -661,25 +576,52 @@ class Reconciler:
             reason=result.reason,
         )
 
-    # ================================================================== read-only views
-    def desired_now(self, fetch: bool) -> tuple[Fetched | None, DesiredState | None, str | None]:
-        """The desired state: fetched afresh (diff) or from the last fetch (status)."""
+    def _save_best_effort(self, save: Callable[[], None], *, what: str) -> None:
+        """After the intent is recorded, a failed save never stops the verdict or the
+        rollback: the recorded intent already lets the next pass converge."""
         try:
-            if fetch:
-                fetched = self._fetch(self.store.load())
-            else:
-                cache = self.cfg.agent.state_dir / DESIRED_CACHE
-                st = self.store.load()
-                if not cache.exists() or st.last_attempted is None or \
-                        st.last_attempted.revision is None:
-                    return None, None, "no desired state fetched yet"
-                fetched = Fetched(st.last_attempted.revision, cache.read_bytes(),
-                                  self.cfg.source.path)
-            return fetched, parse_desired_state(
-                fetched.content, f"{fetched.path}@{fetched.revision[:12]}"
-            ), None
-        except AgentError as e:
-            return None, None, str(e)
+            save()
+        except StateWriteError as e:
+            log.error("agent.state.write_failed", what=what, error=str(e),
+                      message="continuing: the recorded intent lets the next pass converge")
+
+    def _tell(self, call: Callable[[PassObserver], None]) -> None:
+        for o in self.observers:
+            try:
+                call(o)
+            except Exception as e:  # noqa: BLE001 - reporting never affects a release
+                log.error("agent.report.observer_failed", observer=type(o).__name__,
+                          error=repr(e))
+
+    # ================================================================== read-only
+    def cached_desired(self) -> Fetched | None:
+        """The desired state the last pass validated (no fetch, nothing written)."""
+        path = self.cfg.agent.state_dir / DESIRED_CACHE
+        try:
+            doc = json.loads(path.read_bytes())
+            return Fetched(str(doc["revision"]), str(doc["content"]).encode(), str(doc["path"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def fetch_desired(self) -> Fetched:
+        """Fetch the desired state afresh (writes the source's own cache: hold the lock)."""
+        return self._fetch(self.store.load())
+
+    def observe_all(self) -> dict[str, list[ObservedContainer]]:
+        return self.engine.observe(self.cfg.compose.name)
+
+    def plan_for(self, loaded: Loaded, observed: Mapping[str, Sequence[ObservedContainer]],
+                 state: AgentState) -> Plan:
+        failed = loaded.revision in state.failed_revisions
+        return make_plan(loaded.revision,
+                         effective_target(loaded.desired, state.known_good, failed),
+                         observed, state.known_good)
+
+
+def _reports(target: Mapping[str, ImageDigest],
+             observed: Mapping[str, Sequence[ObservedContainer]]) -> dict[str, ServiceReport]:
+    return {s: ServiceReport(running_digest(observed.get(s, ())),
+                             health.service_health(observed.get(s, ()))) for s in target}
 
 
 def _short(d: str | None) -> str:

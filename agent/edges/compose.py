@@ -15,6 +15,7 @@ import structlog
 
 from agent.errors import ComposeError, ComposeFileError
 from agent.log import redact_text
+from agent.state import write_atomic
 
 log = structlog.get_logger()
 
@@ -149,6 +150,13 @@ class Compose:
         for name, n in sorted((scale or {}).items()):
             args += ["--scale", f"{name}={n}"]
         self._run([*args, *services])
+
+    def pin(self, images: Mapping[str, str]) -> None:
+        """Write the generated override that pins services to ``image@digest`` (atomically:
+        a crash leaves the old pins or the new ones)."""
+        if self.override is None:
+            raise ValueError("this compose project has no override file")
+        write_atomic(self.override, render_override(dict(images)))
 
     def remove(self, services: Sequence[str]) -> None:
         """Stop and remove the containers of ``services`` (a service that had no previous

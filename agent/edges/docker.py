@@ -15,6 +15,7 @@ import requests.exceptions
 import structlog
 import urllib3.exceptions
 
+from agent.desired import registry_of
 from agent.errors import (
     DockerUnavailable,
     ImageNotFound,
@@ -40,13 +41,6 @@ _AUTH_MARKERS = (
 # status codes as whole words only: a digest's hex or a port number may contain "401"
 _AUTH_CODES = re.compile(r"\b40[13]\b")
 _NOT_FOUND_MARKERS = ("manifest unknown", "not found", "manifest for", "does not exist")
-
-
-def registry_of(image: str) -> str:
-    first = image.split("/", 1)[0]
-    if "/" in image and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return "docker.io"
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
@@ -255,7 +249,7 @@ class DockerEngine:
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
             # The stream stalled or broke: a registry that stopped answering, or the engine
             # itself going away. Ask the engine which.
-            if not self._engine_answers():
+            if not self.answers():
                 raise DockerUnavailable(
                     f"Docker engine not reachable during pull of {ref}: {e}") from None
             stalled = isinstance(e, requests.exceptions.Timeout | urllib3.exceptions.TimeoutError)
@@ -291,7 +285,8 @@ class DockerEngine:
         stream: Iterator[dict[str, Any]] = api._stream_helper(response, decode=True)
         return stream
 
-    def _engine_answers(self) -> bool:
+    def answers(self) -> bool:
+        """The engine answers a ping (after an error: was it the engine or the registry?)."""
         try:
             return bool(self.client.api.ping())
         except Exception:  # noqa: BLE001 - any failure means "not answering"

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 
-from faultkit import AgentProc, assert_marker, assert_released_set, digests, one_line, running_set
+from faultkit import AgentProc, assert_marker, assert_released_set, digests, one_line
 
 DOCKERD_LOG = "/tmp/dockerd.log"
 
@@ -52,9 +52,12 @@ def _restart_dockerd() -> None:
         _start_dockerd()
 
 
-def test_docker_daemon_restarted_during_a_pass_then_the_next_pass_converges(deployed):
+def test_docker_daemon_restarted_during_the_health_wait_is_transient_then_converges(deployed):
+    """The engine going away mid-release is the host's weather, not the release's fault: the
+    pass ends "error" (exit 3), the revision is not marked failed, the intent stays, and the
+    next pass converges on the new release, healthy, with the data."""
     h, marker = deployed
-    h.release(web="web-slow", api="api-v2")
+    rev = h.release(web="web-slow", api="api-v2")
     agent = AgentProc(h, "sync")
     try:
         agent.wait_event("agent.health.waiting")
@@ -64,22 +67,20 @@ def test_docker_daemon_restarted_during_a_pass_then_the_next_pass_converges(depl
         _start_dockerd()
     assert "Traceback" not in agent.stderr, agent.stderr
     assert "agent.pass.crashed" not in agent.stderr
-    assert code in (0, 1, 3), agent.stderr
     done = agent.events("agent.pass.completed")
     assert len(done) == 1, agent.stderr
-    if code != 0:
+    # the release turned healthy once the engine was back (applied), or the pass stopped
+    # as transient (error, exit 3) — never judged failed, never rolled back
+    assert (code, done[0]["outcome"]) in ((0, "applied"), (3, "error")), done[0]
+    st = h.state()
+    assert rev not in st["failed_revisions"]
+    if code == 3:
         one_line(done[0]["reason"])
-    # the next pass (or, if that one has to roll back what the restart left, the one after)
-    # converges on a released set, healthy, with the data
-    seen = [(code, done[0]["outcome"], done[0]["reason"], done[0]["changed"])]
-    for _ in range(3):
+        assert st["in_flight"] is not None and st["in_flight"]["revision"] == rev
         r = h.sync()
-        seen.append((r.code, r.summary()["outcome"], r.summary()["reason"],
-                     r.summary()["changed"], running_set(h)))
-        if r.code == 0 or r.summary()["outcome"] == "skipped":
-            break
-    assert_released_set(h, digests(h, web="web-v1", api="api-v1"),
-                        digests(h, web="web-slow", api="api-v2"))
+        assert "agent.recover.in_flight" in r.events()
+        assert (r.code, r.summary()["outcome"]) == (0, "applied"), r.summary()
+    assert_released_set(h, digests(h, web="web-slow", api="api-v2"))
     assert_marker(h, marker)
     r = h.sync()
-    assert r.summary()["outcome"] in ("no-op", "skipped"), (seen, r.summary())
+    assert r.summary()["outcome"] == "no-op", r.summary()

@@ -46,13 +46,18 @@ def _release_stop_first(h, web: str, api: str) -> str:
         extra={"web": {"update": "stop-first"}, "api": {"update": "stop-first"}}))
 
 
-def test_killed_between_two_stop_first_services_converges_on_restart(deployed):
-    """stop-first, killed after web was recreated and before api was: a mix that was never
-    released runs until the next pass, which completes the release."""
+def test_killed_between_two_update_groups_converges_on_restart(deployed):
+    """web stop-first, api start-first: killed after web's group was recreated and before
+    api's started (the failpoint sits between the two compose calls production makes): a
+    mix that was never released runs until the next pass, which completes the release."""
     h, marker = deployed
-    _release_stop_first(h, "web-v2", "api-v2")
+    h.commit(rig.desired_yaml(
+        {"web": (h.image("web"), h.images["web-v2"]), "api": (h.image("api"), h.images["api-v2"])},
+        extra={"web": {"update": "stop-first"}, "api": {"update": "start-first"}}))
     p = h.cli_subprocess("sync", env={"GITOPS_AGENT_FAILPOINTS": "during-apply"})
     assert p.returncode == -signal.SIGKILL, p.stderr
+    assert h.running_digest("web") == h.images["web-v2"]
+    assert h.running_digest("api") == h.images["api-v1"]
     r = h.sync()
     assert "agent.recover.in_flight" in r.events()
     assert r.code == 0, r.summary()

@@ -180,10 +180,19 @@ def test_wait_healthy_timeout_names_the_service_and_what_it_waited_for():
     assert 30 <= clock.t - 1000.0 < 31
 
 
-def test_wait_healthy_timeout_without_any_observation_says_so():
+def test_wait_healthy_with_the_engine_gone_is_transient_not_a_verdict():
     clock = FakeClock()
-    reason = run(script(DockerUnavailable("engine restarting")), clock, timeout=2)
-    assert reason == "not healthy within 2s (no container seen)"
+    with pytest.raises(DockerUnavailable, match="went away during the health wait"):
+        run(script(DockerUnavailable("engine restarting")), clock, timeout=2)
+
+
+def test_a_failure_seen_after_the_engine_went_away_is_not_judged():
+    """A daemon restart stops the containers: "exited" afterwards is the host's weather."""
+    clock = FakeClock()
+    obs = script(DockerUnavailable("restarting"),
+                 {"web": [c(status="exited", health=None)]})
+    with pytest.raises(DockerUnavailable, match="exited"):
+        run(obs, clock)
 
 
 def test_wait_healthy_tolerates_transient_observe_errors():

@@ -8,6 +8,7 @@ from agent.plan import (
     effective_target,
     make_plan,
     previous_digests,
+    repository_of,
     running_digest,
 )
 from agent.state import Change, ImageDigest
@@ -185,3 +186,21 @@ def test_previous_digests_cover_only_the_services_this_pass_touches():
     known_good = {"web": img("web", D1), "api": img("api", D1)}
     plan = make_plan("r2", target, observed, known_good)
     assert set(previous_digests(plan, observed, known_good)) == {"web"}
+
+
+def test_rollback_without_known_good_pairs_the_digest_with_the_repository_it_ran_from():
+    """A release that moves web to another repository rolls back to the old repository's
+    image, not to the old digest looked up in the new repository."""
+    target = {"web": ImageDigest(image="ghcr.io/new/web", digest=D2)}
+    old = ObservedContainer(service="web", container_id="w1", name="web-1",
+                            image_ref=f"registry.old:5000/team/web@{D1}", digest=D1,
+                            status="running", health=None)
+    plan = make_plan("r2", target, {"web": [old]}, {})
+    assert previous_digests(plan, {"web": [old]}, {}) == {
+        "web": ImageDigest(image="registry.old:5000/team/web", digest=D1)}
+
+
+def test_repository_of_strips_tag_and_digest_but_not_a_registry_port():
+    assert repository_of("registry.test:5000/a/web:v1@" + D1) == "registry.test:5000/a/web"
+    assert repository_of("registry.test:5000/a/web") == "registry.test:5000/a/web"
+    assert repository_of("web:latest") == "web"

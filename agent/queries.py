@@ -1,0 +1,122 @@
+"""Read-only views for ``status`` and ``diff``: typed, built from the reconciler's public
+read-only methods, the state file and one observation of the engine. ``status`` writes
+nothing; ``diff`` fetches (which writes the source's own cache) only under the state_dir
+lock, and otherwise reads the desired state the running agent last validated."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from agent.desired import DesiredState
+from agent.errors import AgentError, LockHeld
+from agent.health import service_health
+from agent.plan import running_digest
+from agent.ports import Fetched
+from agent.reconcile import Reconciler
+from agent.state import AgentState, Change, StateLock
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    service: str
+    image: str
+    desired: str | None
+    running: str | None
+    known_good: str | None
+    health: str
+    containers: list[str]
+    pinned: bool
+
+
+@dataclass(frozen=True)
+class StatusView:
+    project: str
+    desired_revision: str | None
+    desired_problem: str | None
+    services: list[ServiceStatus]
+    last_attempted: dict[str, Any] | None
+    last_applied: dict[str, Any] | None
+    in_flight: dict[str, Any] | None
+    failed_revisions: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DiffView:
+    revision: str
+    failed_before: bool
+    changes: list[Change] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
+    # where the desired state came from: "fetched" now, or "cached" from the running agent
+    origin: str = "fetched"
+
+
+def _desired(fetched: Fetched | None) -> tuple[DesiredState | None, str | None]:
+    from agent.desired import parse_desired_state
+
+    if fetched is None:
+        return None, "no desired state fetched yet"
+    try:
+        return parse_desired_state(fetched.content,
+                                   f"{fetched.path}@{fetched.revision[:12]}"), None
+    except AgentError as e:
+        return None, str(e)
+
+
+def status(rec: Reconciler) -> StatusView:
+    state = rec.store.load()
+    fetched = rec.cached_desired()
+    desired, problem = _desired(fetched)
+    last = state.last_attempted
+    if last is not None and last.outcome == "invalid" and last.reason:
+        problem = last.reason  # the newest revision was refused; the cache is older
+    observed = rec.observe_all()
+    names = sorted(set(desired.services if desired else {}) | set(state.known_good))
+    services = []
+    for n in names:
+        spec = desired.services.get(n) if desired else None
+        cs = observed.get(n, [])
+        services.append(ServiceStatus(
+            service=n,
+            image=spec.image if spec else state.known_good[n].image,
+            desired=spec.digest if spec else None,
+            running=running_digest(cs),
+            known_good=state.known_good[n].digest if n in state.known_good else None,
+            health=service_health(cs),
+            containers=[c.name for c in cs],
+            pinned=bool(spec and spec.pinned),
+        ))
+    dump = state.model_dump(mode="json")
+    return StatusView(
+        project=rec.cfg.compose.name,
+        desired_revision=fetched.revision if fetched else None,
+        desired_problem=problem,
+        services=services,
+        last_attempted=dump["last_attempted"],
+        last_applied=dump["last_applied"],
+        in_flight=dump["in_flight"],
+        failed_revisions=list(state.failed_revisions),
+    )
+
+
+def diff(rec: Reconciler) -> DiffView:
+    """What a sync would change. Validates like a pass (InvalidInput propagates)."""
+    try:
+        with StateLock(rec.cfg.agent.state_dir):
+            fetched: Fetched | None = rec.fetch_desired()
+            origin = "fetched"
+    except LockHeld:
+        fetched, origin = rec.cached_desired(), "cached"
+        if fetched is None:
+            raise
+    assert fetched is not None
+    loaded = rec.load_desired(fetched)
+    state: AgentState = rec.store.load()
+    plan = rec.plan_for(loaded, rec.observe_all(), state)
+    return DiffView(revision=fetched.revision,
+                    failed_before=fetched.revision in state.failed_revisions,
+                    changes=list(plan.changes), unverified=list(plan.unverified),
+                    origin=origin)

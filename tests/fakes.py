@@ -1,0 +1,230 @@
+"""Honest in-memory fakes of the pass's boundaries (agent.ports): they hold state —
+commits, a registry, local images, containers with health — and can fail on demand.
+They let the unit tests walk every path of the reconcile pass in milliseconds. The e2e
+and fault suites prove the same paths against the real engine, registry, compose and git.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.errors import (
+    ComposeError,
+    DockerUnavailable,
+    ImageNotFound,
+    RegistryAuthError,
+    RegistryUnavailable,
+    SourceUnavailable,
+)
+from agent.plan import ObservedContainer
+from agent.ports import Fetched
+
+
+class Killed(BaseException):
+    """The process died here (SIGKILL): nothing after this point runs, nothing is recorded.
+    A BaseException, so the pass's own error handling does not see it — as with a kill."""
+
+
+def digest_of(name: str) -> str:
+    return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
+def desired_yaml(services: Mapping[str, tuple[str, str]], extra: Mapping[str, Any] | None = None
+                 ) -> bytes:
+    doc: dict[str, Any] = {"version": 1, "services": {}}
+    for name, (image, digest) in services.items():
+        doc["services"][name] = {"image": image, "digest": digest, **(extra or {}).get(name, {})}
+    return json.dumps(doc).encode()  # JSON is YAML
+
+
+@dataclass
+class FakeSource:
+    """A branch: a list of commits (revision, desired-state bytes); ``fetch`` reads the head."""
+
+    commits: list[tuple[str, bytes]] = field(default_factory=list)
+    down: int = 0  # the next N fetches fail (SourceUnavailable)
+    fetches: int = 0
+
+    def commit(self, content: bytes) -> str:
+        rev = hashlib.sha1(content + str(len(self.commits)).encode()).hexdigest()  # noqa: S324
+        self.commits.append((rev, content))
+        return rev
+
+    def fetch(self) -> Fetched:
+        self.fetches += 1
+        if self.down > 0:
+            self.down -= 1
+            raise SourceUnavailable("git fetch failed: connection refused (fake)")
+        rev, content = self.commits[-1]
+        return Fetched(rev, content, "desired-state.yml")
+
+    def describe(self) -> str:
+        return "fake://repo@main"
+
+
+# how a container of an image behaves once started
+HEALTHY, UNHEALTHY, CRASH, NOHEALTH = "healthy", "unhealthy", "crash", "nohealth"
+
+
+@dataclass
+class Container:
+    id: str
+    service: str
+    image: str  # repo@digest
+    status: str = "running"
+    health: str | None = None
+    exit_code: int = 0
+
+    @property
+    def digest(self) -> str | None:
+        return self.image.split("@", 1)[1] if "@" in self.image else None
+
+
+@dataclass
+class FakeEngine:
+    """A Docker engine with a registry behind it. ``registry`` maps image@digest to how a
+    container of it behaves; ``local`` holds what has been pulled."""
+
+    registry: dict[str, str] = field(default_factory=dict)
+    local: set[str] = field(default_factory=set)
+    containers: dict[str, Container] = field(default_factory=dict)
+    down: bool = False  # the engine does not answer
+    registry_down: int = 0  # the next N pulls fail as transient
+    denied: set[str] = field(default_factory=set)  # registries refusing our credentials
+    pulls: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    lose_engine_on_detail: bool = False  # the engine goes away during the health wait
+    kill_on: str | None = None  # raise Killed when this call is made
+    _seq: int = 0
+
+    def publish(self, image: str, digest: str, behaviour: str = HEALTHY) -> None:
+        self.registry[f"{image}@{digest}"] = behaviour
+
+    def _check(self, call: str) -> None:
+        self.calls.append(call)
+        if self.kill_on == call:
+            raise Killed(call)
+        if self.down:
+            raise DockerUnavailable(f"Docker engine not reachable during {call} (fake)")
+
+    # ---- agent.ports.Engine
+    def observe(self, project: str, services: Collection[str] | None = None, *,
+                detail: bool = False) -> dict[str, list[ObservedContainer]]:
+        self._check("observe-detail" if detail else "observe")
+        if detail and self.lose_engine_on_detail:
+            self.lose_engine_on_detail = False
+            self.down = True
+            raise DockerUnavailable("Docker engine not reachable during observe (fake)")
+        out: dict[str, list[ObservedContainer]] = {}
+        for c in self.containers.values():
+            out.setdefault(c.service, []).append(ObservedContainer(
+                service=c.service, container_id=c.id, name=f"{project}-{c.service}-{c.id}",
+                image_ref=c.image, digest=c.digest, status=c.status, health=c.health,
+                exit_code=c.exit_code))
+        return out
+
+    def has_image(self, image: str, digest: str) -> bool:
+        self._check("has_image")
+        return f"{image}@{digest}" in self.local
+
+    def pull(self, image: str, digest: str, auth: dict[str, str] | None = None) -> None:
+        self._check("pull")
+        ref = f"{image}@{digest}"
+        registry = image.split("/", 1)[0]
+        self.pulls.append(ref)
+        if registry in self.denied:
+            raise RegistryAuthError(registry, ref, "401 unauthorized (fake)")
+        if self.registry_down > 0:
+            self.registry_down -= 1
+            raise RegistryUnavailable(registry, ref, "connection refused (fake)")
+        if ref not in self.registry:
+            raise ImageNotFound(f"registry {registry} has no manifest {ref}: manifest unknown")
+        self.local.add(ref)
+
+    def stop_and_remove(self, container_id: str) -> None:
+        self._check("stop_and_remove")
+        self.containers.pop(container_id, None)
+        self.removed.append(container_id)
+
+    def answers(self) -> bool:
+        return not self.down
+
+    def close(self) -> None:
+        pass
+
+    # ---- for FakeCompose
+    def start(self, service: str, image: str) -> Container:
+        self._seq += 1
+        c = Container(id=f"c{self._seq}", service=service, image=image)
+        behaviour = self.registry.get(image, NOHEALTH)
+        if behaviour == HEALTHY:
+            c.health = "healthy"
+        elif behaviour == UNHEALTHY:
+            c.health = "unhealthy"
+        elif behaviour == CRASH:
+            c.status, c.exit_code = "exited", 1
+        self.containers[c.id] = c
+        return c
+
+    def of(self, service: str) -> list[Container]:
+        return [c for c in self.containers.values() if c.service == service]
+
+
+@dataclass
+class FakeCompose:
+    """``docker compose`` over the fake engine: the model is a services mapping; images come
+    from the pins the agent set (as the real compose merges its override file)."""
+
+    engine: FakeEngine
+    model: dict[str, Any] = field(default_factory=dict)
+    pins: dict[str, str] = field(default_factory=dict)
+    fail_up: int = 0  # the next N `up` calls fail (the release's fault)
+    ups: list[tuple[list[str], dict[str, int], bool]] = field(default_factory=list)
+    kill_on_up: int | None = None  # raise Killed on the Nth `up` call (1-based)
+
+    def services(self) -> dict[str, Any]:
+        return self.model
+
+    def pin(self, images: Mapping[str, str]) -> None:
+        self.pins = dict(images)
+
+    def _image(self, service: str) -> str:
+        ref = self.pins.get(service) or self.model[service].get("image")
+        return str(ref or f"unpinned/{service}")
+
+    def up(self, services: Sequence[str], *, pull: str = "never",
+           scale: Mapping[str, int] | None = None, no_recreate: bool = False) -> None:
+        if not services:
+            return
+        self.ups.append((list(services), dict(scale or {}), no_recreate))
+        if self.kill_on_up == len(self.ups):
+            raise Killed(f"compose up #{len(self.ups)}")
+        self.engine._check("compose-up")
+        if self.fail_up > 0:
+            self.fail_up -= 1
+            raise ComposeError(["docker", "compose", "up", *services], 1,
+                               "Error response from daemon: invalid mount config (fake)")
+        for s in services:
+            image = self._image(s)
+            if pull == "never" and image not in self.engine.local:
+                raise ComposeError(["docker", "compose", "up", s], 18,
+                                   f"pull access denied for {image}: image not local")
+            want = (scale or {}).get(s, int(self.model.get(s, {}).get("scale", 1)))
+            mine = self.engine.of(s)
+            if not no_recreate:
+                for c in mine:
+                    self.engine.containers.pop(c.id)
+                mine = []
+            for _ in range(max(0, want - len(mine))):
+                self.engine.start(s, image)
+
+    def remove(self, services: Sequence[str]) -> None:
+        self.engine._check("compose-rm")
+        for s in services:
+            for c in self.engine.of(s):
+                self.engine.containers.pop(c.id)
