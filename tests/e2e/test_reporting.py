@@ -232,3 +232,18 @@ def test_status_token_readable_by_others_is_refused_before_anything_is_touched(r
     assert len(err) == 1 and "report.github.token_file" in err[0] and "chmod 600" in err[0]
     assert TOKEN not in err[0]
     assert rep.h.containers("web") == [] and rep.gh.count() == 0
+
+
+def test_metrics_after_a_bump_name_the_new_digest_and_the_untouched_service(rep):
+    rep.release(web="web-v1", api="api-v1")
+    assert rep.h.sync().code == 0
+    rep.release(web="web-v2", api="api-v1")
+    r = rep.h.sync()
+    assert r.code == 0 and r.summary()["outcome"] == "applied", r.logs
+    s = parse(rep.textfile.read_text())  # written after the release pass, not the next one
+    assert s[("gitops_agent_service_info", (("digest", rep.h.images["web-v2"]),
+                                            ("service", "web")))] == 1
+    assert s[("gitops_agent_service_info", (("digest", rep.h.images["api-v1"]),
+                                            ("service", "api")))] == 1
+    assert s[("gitops_agent_service_healthy", (("service", "web"),))] == 1
+    assert s[("gitops_agent_service_healthy", (("service", "api"),))] == 1
