@@ -19,6 +19,7 @@ rig:
 lint: venv
 	$(BIN)/ruff check agent tests bench demo scripts scripts/release-local
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: rig venv lint
 	$(BIN)/pytest
@@ -30,4 +31,4 @@ bench: rig venv
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

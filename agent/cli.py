@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from agent import log as agent_log
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
 from agent.errors import AgentError
-from agent.outcomes import EXIT_OK, disposition
+from agent.outcomes import EXIT_ENVIRONMENT, EXIT_OK, disposition
 
 if TYPE_CHECKING:
     from agent.reconcile import Reconciler
@@ -53,10 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("diff", help="what a sync would change, changing nothing")
 
-    s = sub.add_parser("validate", help="validate a desired-state file (needs no agent config)")
+    s = sub.add_parser(
+        "validate", help="validate a desired-state file (needs no agent config)",
+        epilog="Exit codes: 0 valid (everything asked was checked), 2 invalid, 4 the "
+        "desired-state file is valid but --compose files could not be checked (no compose "
+        "binary).")
     s.add_argument("file", type=Path, nargs="?", default=Path("desired-state.yml"))
-    s.add_argument("--compose", type=Path, action="append", default=[],
-                   help="also check the services exist in this compose file (repeatable)")
+    s.add_argument("--compose", type=Path, action="append", default=[], metavar="FILE",
+                   help="check against the compose project of these files, as `docker "
+                   "compose config` resolves it (repeatable, in order, like -f)")
+    s.add_argument("--profile", action="append", default=[], metavar="NAME",
+                   help="a profile the server runs with ([compose] profiles; repeatable)")
+    s.add_argument("--project-directory", type=Path, default=None, metavar="DIR",
+                   help="the project directory (its .env), as [compose] project_dir; "
+                   "default: the first compose file's directory")
 
     s = sub.add_parser("history", help="recorded passes, newest first")
     s.add_argument("--json", action="store_true")
@@ -64,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="the daemon: a pass every interval; SIGHUP for one now")
 
-    from agent.bump import add_bump_parser
+    from agent.bump_cli import add_bump_parser
 
     add_bump_parser(sub)
     return p
@@ -79,7 +89,7 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
         if args.command == "validate":
             return cmd_validate(args)
         if args.command == "bump":
-            from agent.bump import cmd_bump
+            from agent.bump_cli import cmd_bump
 
             return cmd_bump(args)
         cfg = load_config(args.config)
@@ -131,46 +141,25 @@ def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from agent.desired import check_against_compose, parse_desired_state
-    from agent.errors import DesiredStateError
+    """Exit 0: everything asked was checked and is valid; 2: invalid; 4: the desired-state
+    file is valid but the compose files given could NOT be checked (no compose binary)."""
+    from agent.validation import validate
 
-    path: Path = args.file
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise DesiredStateError(str(path), [f"cannot read: {e.strerror}"]) from None
-    desired = parse_desired_state(data, str(path))
-    if args.compose:
-        services: set[str] = set()
-        for f in args.compose:
-            services |= _compose_services_of(f)
-        check_against_compose(desired, services, str(path))
-    print(f"{path}: valid ({len(desired.services)} services)")
-    return EXIT_OK
-
-
-def _compose_services_of(path: Path) -> set[str]:
-    """Service names of a compose file, read as YAML (no Docker needed, as in CI)."""
-    from ruamel.yaml import YAML
-    from ruamel.yaml.error import YAMLError
-
-    from agent.errors import ComposeFileError
-
-    try:
-        data = path.read_bytes()
-        if len(data) > 4 * 1024 * 1024:
-            raise ComposeFileError(str(path), ["compose file larger than 4 MiB"])
-        # compose files may use anchors/aliases (x-common: &common); the repo's own
-        # files are trusted here as compose itself trusts them
-        doc = YAML(typ="safe", pure=True).load(data)
-    except OSError as e:
-        raise ComposeFileError(str(path), [f"cannot read: {e.strerror}"]) from None
-    except YAMLError as e:
-        raise ComposeFileError(str(path), [f"not valid YAML: {' '.join(str(e).split())}"]) from None
-    services = doc.get("services") if isinstance(doc, dict) else None
-    if not isinstance(services, dict):
-        raise ComposeFileError(str(path), ["At 'services': no services mapping"])
-    return {str(k) for k in services}
+    file: Path = args.file
+    verdict = validate(file, args.compose, profiles=args.profile,
+                       project_dir=args.project_directory)
+    n = len(verdict.desired.services)
+    if verdict.compose_files:
+        print(f"{file}: valid ({n} services), checked against "
+              f"{', '.join(str(f) for f in verdict.compose_files)} by docker compose")
+        return EXIT_OK
+    if verdict.not_checked is None:
+        print(f"{file}: valid ({n} services); the desired-state file only (no --compose)")
+        return EXIT_OK
+    print(f"{file}: valid ({n} services); the desired-state file only", file=sys.stderr)
+    print(f"gitops-agent: compose files NOT checked ({verdict.not_checked}): install docker "
+          "compose v2 to check them, or drop --compose", file=sys.stderr)
+    return EXIT_ENVIRONMENT
 
 
 def _short(d: str | None) -> str:

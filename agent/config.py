@@ -5,12 +5,22 @@ Pure: imports nothing that touches Docker, git or the network.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import SplitResult, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import ConfigError
 
@@ -33,6 +43,29 @@ class SourceConfig(_Strict):
     token_file: Path | None = None
     timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
 
+    @field_validator("repo", "api_url")
+    @classmethod
+    def _no_credentials_in_url(cls, v: str) -> str:
+        problem = url_credentials_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_only_over_tls(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        # fields are validated in order: kind, repo and api_url are known here
+        if v is None:
+            return v
+        url = info.data.get("api_url") if info.data.get("kind") == "github" else \
+            info.data.get("repo")
+        if isinstance(url, str) and cleartext_to_remote_host(url):
+            raise ValueError(
+                "a token would be sent in clear text over http:// to a remote host; use "
+                "https:// (http:// is accepted only to loopback: 127.0.0.0/8, ::1, localhost)"
+            )
+        return v
+
     @field_validator("path")
     @classmethod
     def _relative(cls, v: str) -> str:
@@ -49,12 +82,58 @@ class SourceConfig(_Strict):
         return self
 
 
+def _split_url(url: str) -> SplitResult | None:
+    """``url`` split, or None for what git takes as a path or an scp-like address."""
+    if "://" not in url:
+        return None
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
+
+
+def url_credentials_problem(url: str) -> str | None:
+    """Why ``url`` must not be used as it is (it carries credentials), or None. The message
+    never repeats the URL: it is a secret."""
+    parts = _split_url(url)
+    if parts is None or "@" not in parts.netloc:
+        return None
+    userinfo = parts.netloc.rsplit("@", 1)[0]
+    # ssh://git@host/... names the login user, no secret; a password never belongs there,
+    # and an http(s) user name is itself often a token (https://ghp_xxx@github.com/...)
+    if ":" in userinfo or parts.scheme.lower() in ("http", "https"):
+        return (
+            "the URL carries credentials (user:token@); they would be on every git command "
+            "line and in logs: remove them from the URL and put the token in "
+            "source.token_file"
+        )
+    return None
+
+
+def cleartext_to_remote_host(url: str) -> bool:
+    """``http://`` to a host that is not loopback (127.0.0.0/8, ::1, localhost)."""
+    parts = _split_url(url)
+    if parts is None or parts.scheme.lower() != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
 class ComposeConfig(_Strict):
     project_dir: Path
     files: list[str] = Field(default_factory=lambda: ["compose.yml"], min_length=1)
     project_name: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     # The compose v2 command; default: docker-compose v2 binary on PATH or the CLI plugin.
     command: list[str] | None = None
+    # The compose profiles the project runs with (each passed as --profile). Empty: compose
+    # decides, as it does by hand (COMPOSE_PROFILES in the environment or the project's .env).
+    profiles: list[Annotated[str, Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")]] = Field(
+        default_factory=list)
 
     @property
     def name(self) -> str:
@@ -105,7 +184,9 @@ class TrustConfig(_Strict):
     allowed_images: list[str] | None = None
     require_signed_commits: bool = False
     allowed_signers_file: Path | None = None
-
+    # accept a head that does not descend from the last applied revision (a rewind or a
+    # sideways move of the branch) when signed commits are required; logged
+    allow_rewind: bool = False
 
 
 # ------------------------------------------------------------------ reporting
@@ -196,17 +277,27 @@ class AgentConfig(_Strict):
             object.__setattr__(gh, "repo", self.source.repo)  # frozen: set once, at load
         return self
 
-    @model_validator(mode="after")
-    def _signers(self) -> AgentConfig:
-        # the git kind verifies SSH signatures itself; the github kind trusts GitHub's
-        # own verification and needs no signers file
-        if (self.trust.require_signed_commits and self.source.kind == "git"
-                and self.trust.allowed_signers_file is None):
-            raise ValueError(
-                "trust.require_signed_commits with the git source needs "
-                "trust.allowed_signers_file"
-            )
-        return self
+
+
+def trust_problems(cfg: AgentConfig) -> list[str]:
+    """[trust] combinations that would silently do nothing, each with its path."""
+    t, problems = cfg.trust, []
+    if t.require_signed_commits:
+        if cfg.source.kind == "git" and t.allowed_signers_file is None:
+            problems.append(
+                "At 'trust.require_signed_commits': the git source verifies SSH signatures "
+                "itself and needs trust.allowed_signers_file")
+    else:
+        if t.allowed_signers_file is not None:
+            problems.append(
+                "At 'trust.allowed_signers_file': has no effect without "
+                "trust.require_signed_commits = true")
+        if t.allow_rewind:
+            problems.append(
+                "At 'trust.allow_rewind': has no effect without "
+                "trust.require_signed_commits = true (without signed commits a force-push "
+                "is always followed)")
+    return problems
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:
@@ -230,9 +321,13 @@ def format_validation_error(err: ValidationError) -> list[str]:
 
 def parse_config(data: dict[str, Any], source: str = "config") -> AgentConfig:
     try:
-        return AgentConfig.model_validate(_coerce_paths(data))
+        cfg = AgentConfig.model_validate(_coerce_paths(data))
     except ValidationError as e:
         raise ConfigError(source, format_validation_error(e)) from None
+    problems = trust_problems(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
 
 
 _PATH_KEYS = {

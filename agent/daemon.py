@@ -1,40 +1,96 @@
 """`gitops-agent run`: the long-running service.
 
-APScheduler runs a pass every ``interval_seconds`` (+ jitter); passes never overlap.
-SIGHUP runs a pass now (after the current one, if one is running). SIGTERM/SIGINT stop
-taking passes; a pass in flight finishes (its rollout completes or rolls back within
-``health_timeout_seconds``), then the process exits 0. The systemd notify protocol is
-spoken when $NOTIFY_SOCKET is set.
+A pass runs every ``interval_seconds`` (+ jitter); passes never overlap. SIGHUP runs a pass
+now (after the current one, if one is running). SIGTERM/SIGINT stop taking passes; a pass in
+flight finishes (its rollout completes or rolls back within ``health_timeout_seconds``),
+then the process exits 0. The systemd notify protocol is spoken when $NOTIFY_SOCKET is set.
+
+Time. The schedule runs on the monotonic clock, never on the wall clock: an NTP step, a
+wrong RTC corrected at boot or an operator's ``date -s`` cannot stop polling. APScheduler
+stays the scheduler that *runs* passes (one executor thread, ``max_instances=1``, jobs
+coalesced, ``shutdown(wait=True)`` lets a pass in flight finish), but it cannot decide *when*:
+APScheduler 3 compares every job's ``next_run_time`` with ``datetime.now()`` and sleeps for
+the wall-clock difference, so any trigger -- its IntervalTrigger or a custom one -- that
+hands it a wall-clock fire time is delayed by hours when the clock steps back by hours after
+that time was computed. So the due times live in :class:`MonotonicSchedule`; when one comes,
+the main loop submits the pass as a job due since :data:`DUE_LONG_AGO`, which APScheduler
+runs at once whatever the wall clock says (``misfire_grace_time=None``).
+
+Watchdog. ``WATCHDOG=1`` is sent only while passes keep completing: if none has completed
+for :meth:`Daemon.liveness_bound` seconds (a pass hung, the scheduler died, submitted passes
+never start), the agent stops feeding the watchdog and systemd restarts it.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import signal
 import threading
 import time
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from types import FrameType
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from agent.config import AgentConfig
 from agent.edges.systemd import Notifier, watchdog_interval
-from agent.reconcile import PassResult, Reconciler
+from agent.outcomes import PassResult
+from agent.reconcile import Reconciler
 from agent.secrets import registry_auth
 from agent.state import StateLock, StateStore
 
 log = structlog.get_logger()
 
 JOB_ID = "reconcile"
+# A one-off pass is submitted as "due since 2000": with misfire_grace_time=None APScheduler
+# runs it at once, and no step of the wall clock (back by less than 26 years) makes it look
+# like a future job.
+DUE_LONG_AGO = datetime(2000, 1, 1, tzinfo=UTC)
+# The slack, on top of the passes' own budgets, before a silent agent is declared stuck:
+# pulls, git fetches and compose calls are bounded by their own timeouts (minutes).
+LIVENESS_SLACK_SECONDS = 600.0
+# How long the main loop may sleep at most (it also wakes for signals, due passes and the
+# watchdog): bounds how late a stopped scheduler or a hung pass is noticed.
+MAX_SLEEP_SECONDS = 30.0
+
+Clock = Callable[[], float]
+
+
+class MonotonicSchedule:
+    """When the next pass is due, in monotonic seconds: on the grid ``start + k*interval``,
+    each delayed by U(0, jitter) so a fleet restarted at once spreads its polls while the
+    mean period stays ``interval``. Grid points that passed while a pass ran are coalesced
+    (skipped), as APScheduler's ``coalesce=True`` would."""
+
+    def __init__(self, interval: float, jitter: float, start: float,
+                 rng: random.Random | None = None) -> None:
+        self.interval = interval
+        self.jitter = jitter
+        self._start = start
+        self._rng = rng or random.Random()  # noqa: S311 - spreading polls, not security
+        self._k = 0
+        self.due = self._jittered(0)
+
+    def _jittered(self, k: int) -> float:
+        delay = self._rng.uniform(0, self.jitter) if self.jitter > 0 else 0.0
+        return self._start + k * self.interval + delay
+
+    def advance(self, now: float) -> float:
+        """The pass due at ``self.due`` was taken at ``now``: the next grid point whose
+        jitter window has not entirely passed (a jitter larger than the interval skips none)."""
+        k = math.floor((now - self._start - self.jitter) / self.interval) + 1
+        self._k = max(self._k + 1, k)
+        self.due = self._jittered(self._k)
+        return self.due
 
 
 class Daemon:
     def __init__(self, cfg: AgentConfig, reconciler: Reconciler | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, monotonic: Clock = time.monotonic) -> None:
         self.cfg = cfg
         if reconciler is None:
             from agent.report import build_observers
@@ -47,16 +103,21 @@ class Daemon:
             self.observers = list(getattr(reconciler, "observers", ()))
         self.reconciler = reconciler
         self.notifier = notifier or Notifier()
+        self.monotonic = monotonic
         self.scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self._pass_lock = threading.Lock()
         self._pass_started: float | None = None
+        self._started = monotonic()
+        self._last_completed: float | None = None
+        self._withholding = False
         self._hup_pending = threading.Event()
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._hup = threading.Event()
         self.passes = 0
+        self.completed = 0
 
     # ------------------------------------------------------------------ passes
     def _tick(self) -> None:
@@ -75,7 +136,7 @@ class Daemon:
             self._pass_lock.release()
 
     def _one_pass(self) -> None:
-        self._pass_started = time.monotonic()
+        self._pass_started = self.monotonic()
         self.passes += 1
         result: PassResult | None = None
         try:
@@ -84,6 +145,9 @@ class Daemon:
             log.error("agent.daemon.pass_crashed", error=repr(e))
         finally:
             self._pass_started = None
+            # a crashed pass still completed: the daemon's machinery is alive
+            self._last_completed = self.monotonic()
+            self.completed += 1
         if result is not None:
             rev = (result.revision or "-")[:12]
             when = datetime.now().astimezone().strftime("%H:%M:%S")
@@ -94,13 +158,11 @@ class Daemon:
         else:
             self.notifier.status("last pass crashed; see the journal")
 
-    def _scheduled_tick(self) -> None:
-        """A pass on the interval grid, delayed by U(0, jitter_seconds): a fleet restarted
-        at once spreads its polls, and the mean period stays ``interval_seconds``."""
-        jitter = self.cfg.agent.jitter_seconds
-        if jitter > 0 and self._stop.wait(random.uniform(0, jitter)):  # noqa: S311
-            return  # stopping
-        self._tick()
+    def _submit(self) -> None:
+        """Hand one pass to APScheduler, to run at once whatever the wall clock says."""
+        # A fresh job id each time: a pass submitted just as the previous one returns must
+        # not be dropped by max_instances; _tick's lock keeps passes from overlapping.
+        self.scheduler.add_job(self._tick, "date", run_date=DUE_LONG_AGO, name=JOB_ID)
 
     def request_pass(self) -> None:
         if self._pass_lock.locked():
@@ -108,46 +170,84 @@ class Daemon:
             log.info("agent.daemon.reload", message="a pass is running; another follows it")
             return
         log.info("agent.daemon.reload", message="running a pass now")
-        # a one-off job: no jitter, and the interval grid is left as it is
-        self.scheduler.add_job(self._tick, next_run_time=datetime.now().astimezone())
+        # no jitter; the interval grid is left as it is
+        self._submit()
 
     # ------------------------------------------------------------------ watchdog
-    def _healthy_for_watchdog(self) -> bool:
-        """Ping the watchdog unless a pass has hung far beyond anything legitimate."""
-        started = self._pass_started
-        if started is None:
-            return True
-        limit = self.cfg.agent.health_timeout_seconds * 3 + 600
-        return time.monotonic() - started < limit
+    def liveness_bound(self) -> float:
+        """Seconds without a completed pass after which the agent counts as stuck.
+
+        Between two completions lie at most the wait for the next due time (interval +
+        jitter) and one pass: its rollout waits up to health_timeout for health, a rollback
+        up to health_timeout again, and the pulls, git fetch and compose calls before them
+        are bounded by their own timeouts -- a third health_timeout plus LIVENESS_SLACK
+        covers those generously, so a slow but legitimate pass is never killed."""
+        a = self.cfg.agent
+        return (a.interval_seconds + a.jitter_seconds + 3 * a.health_timeout_seconds
+                + LIVENESS_SLACK_SECONDS)
+
+    def _alive(self, now: float) -> bool:
+        """Passes keep completing: the last one completed (or the daemon started) within
+        the liveness bound."""
+        last = self._last_completed if self._last_completed is not None else self._started
+        return now - last <= self.liveness_bound()
+
+    def _feed_watchdog(self, now: float) -> None:
+        if self._alive(now):
+            if self._withholding:
+                log.info("agent.daemon.watchdog_resumed")
+                self._withholding = False
+            self.notifier.watchdog()
+            return
+        if not self._withholding:
+            self._withholding = True
+            last = self._last_completed if self._last_completed is not None else self._started
+            log.error("agent.daemon.watchdog_withheld",
+                      seconds_since_last_pass=round(now - last, 1),
+                      bound_seconds=self.liveness_bound(),
+                      pass_running=self._pass_started is not None,
+                      scheduler_running=self.scheduler.running,
+                      message="no pass completed in time; systemd's watchdog restarts the agent")
+            self.notifier.status("stuck: no pass completed in time; waiting for the watchdog")
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
-        self.scheduler.add_job(
-            self._scheduled_tick,
-            IntervalTrigger(seconds=self.cfg.agent.interval_seconds),
-            id=JOB_ID,
-            next_run_time=datetime.now().astimezone(),
-        )
+        a = self.cfg.agent
+        self._started = self.monotonic()
+        schedule = MonotonicSchedule(a.interval_seconds, a.jitter_seconds, self._started)
         self.scheduler.start()
-        log.info("agent.daemon.started", interval_seconds=self.cfg.agent.interval_seconds,
-                 jitter_seconds=self.cfg.agent.jitter_seconds,
+        log.info("agent.daemon.started", interval_seconds=a.interval_seconds,
+                 jitter_seconds=a.jitter_seconds, liveness_bound_seconds=self.liveness_bound(),
                  project=self.cfg.compose.name, source=self.reconciler.source.describe())
         self.notifier.ready(f"started; polling {self.reconciler.source.describe()}")
         wd = watchdog_interval()
+        next_ping = self._started
         try:
             while not self._stop.is_set():
-                self._wake.wait(timeout=wd if wd is not None else 3600)
-                self._wake.clear()
-                if self._hup.is_set() and not self._stop.is_set():
+                now = self.monotonic()
+                if now >= schedule.due:
+                    schedule.advance(now)
+                    if not self._pass_lock.locked():  # else coalesced into the running one
+                        self._submit()
+                if wd is not None and now >= next_ping:
+                    self._feed_watchdog(now)
+                    next_ping = now + wd
+                if self._hup.is_set():
                     self._hup.clear()
                     self.request_pass()
-                if wd is not None and self._healthy_for_watchdog():
-                    self.notifier.watchdog()
+                until = schedule.due
+                if wd is not None:
+                    until = min(until, next_ping)
+                timeout = min(max(until - self.monotonic(), 0.0), MAX_SLEEP_SECONDS)
+                # threading.Event.wait measures its timeout on the monotonic clock
+                self._wake.wait(timeout=timeout)
+                self._wake.clear()
         finally:
             log.info("agent.daemon.stopping", signal="SIGTERM/SIGINT",
                      message="finishing the pass in flight" if self._pass_lock.locked() else "")
             self.notifier.stopping()
-            self.scheduler.shutdown(wait=True)  # a pass in flight finishes or rolls back
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=True)  # a pass in flight finishes or rolls back
             self.reconciler.engine.close()
             for o in self.observers:
                 close = getattr(o, "close", None)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
+from ruamel.yaml.constructor import DuplicateKeyError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent
 
 from agent.config import format_validation_error
@@ -27,10 +28,16 @@ MAX_SERVICES = 1000
 MAX_DEPTH = 32
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
-# A service name as compose accepts it, restricted to ASCII so lookalike characters
-# (unicode tricks) cannot smuggle a second "web" in. (\Z, not $: "$" also matches before a
-# trailing newline, which would let "web\n" or "sha256:...\n" through.)
-SERVICE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
+# A service name as the compose specification defines it ([a-zA-Z0-9._-]+, upper case
+# included: compose accepts "serviceB"), ASCII only so lookalike characters (unicode tricks)
+# cannot smuggle a second "web" in. It may not start with '-': names go into compose's argv
+# and must never read as an option. (\Z, not $: "$" also matches before a trailing newline,
+# which would let "web\n" or "sha256:...\n" through.)
+SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9._][a-zA-Z0-9._-]{0,254}\Z")
+SERVICE_NAME_RULE = (
+    "ASCII letters, digits, '.', '_' or '-' (as the compose specification allows), "
+    "not starting with '-'"
+)
 # distribution/reference, without tag or digest: [host[:port]/]path-component(/component)*
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _HOST = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
@@ -109,8 +116,8 @@ class DesiredState(BaseModel):
             bad = [k for k in v if not isinstance(k, str) or not SERVICE_NAME_RE.match(k)]
             if bad:
                 raise ValueError(
-                    "service names must be strings of lowercase ASCII letters, digits, "
-                    f"'.', '_' or '-': {', '.join(repr(b) for b in bad[:5])}"
+                    f"service names must be strings of {SERVICE_NAME_RULE}: "
+                    f"{', '.join(repr(b) for b in bad[:5])}"
                 )
         return v
 
@@ -146,10 +153,41 @@ def load_yaml(data: bytes, source: str) -> Any:
     except DesiredStateError:
         raise
     except YAMLError as e:
-        one_line = " ".join(str(e).split())
-        raise DesiredStateError(source, [f"not valid YAML: {one_line}"]) from None
+        raise DesiredStateError(source, [yaml_problem(e)]) from None
     except (RecursionError, ValueError, TypeError, OverflowError) as e:
         raise DesiredStateError(source, [f"not valid YAML: {type(e).__name__}: {e}"]) from None
+
+
+def _at(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+def yaml_problem(err: YAMLError) -> str:
+    """One line, in the user's terms, for a YAML error: what and where (line, column) —
+    without the library's stream names ("<unicode string>") or its hints to programmers."""
+    if not isinstance(err, MarkedYAMLError):
+        return f"not valid YAML: {' '.join(str(err).split())}"
+    problem = " ".join((err.problem or "").split())
+    where = _at(err.problem_mark)
+    if isinstance(err, DuplicateKeyError):
+        m = re.match(r'found duplicate key "(.*?)" with value', problem)
+        key = m.group(1) if m else "?"
+        first = _at(err.context_mark).split(",")[0] if err.context_mark is not None else ""
+        return (f'not valid YAML: duplicate key "{key}" at {where.split(",")[0]} '
+                f"(the mapping starts at {first})")
+    if problem.startswith("could not determine a constructor for the tag"):
+        tag = problem.rsplit(" ", 1)[-1]
+        return (f"not valid YAML: the tag {tag} at {where} is not allowed here "
+                "(desired-state is plain YAML; tags such as !reset and !override belong in "
+                "compose files)")
+    if problem == "but found another document":
+        return (f"not valid YAML: a second document starts at {where.split(',')[0]} ('---'); "
+                "desired-state is a single document")
+    context = " ".join((err.context or "").split())
+    text = f"not valid YAML: {where}: {problem}" if where else f"not valid YAML: {problem}"
+    if context and err.context_mark is not None:
+        text += f" ({context} started at {_at(err.context_mark)})"
+    return text
 
 
 def parse_desired_state(data: bytes, source: str = "desired-state.yml") -> DesiredState:
@@ -168,16 +206,41 @@ def parse_desired_state(data: bytes, source: str = "desired-state.yml") -> Desir
 
 
 def check_against_compose(
-    desired: DesiredState, compose_services: Iterable[str], source: str
+    desired: DesiredState,
+    compose_services: Iterable[str],
+    source: str,
+    *,
+    inactive: Mapping[str, Sequence[str]] | None = None,
+    compose_files: str = "",
 ) -> None:
-    """A service listed in desired-state but absent from the compose files is an error."""
+    """A service listed in desired-state must be a service of the compose project as compose
+    itself resolves it (includes, extends, overrides, active profiles).
+
+    ``inactive`` maps the services that exist only under profiles that are not active to
+    those profiles: such a service is named as such, with the profile that would enable it.
+    """
     known = set(compose_services)
-    problems = [
-        f"At 'services.{name}': no service {name!r} in the compose files "
-        f"(they define: {', '.join(sorted(known)) or 'nothing'})"
-        for name in desired.services
-        if name not in known
-    ]
+    gated = inactive or {}
+    files = f"the compose files {compose_files}" if compose_files else "the compose files"
+    problems = []
+    for name in desired.services:
+        if name in known:
+            continue
+        if name in gated:
+            names = list(gated[name])
+            which = (f"profile {names[0]!r}, which is not active" if len(names) == 1 else
+                     f"profiles {', '.join(repr(p) for p in names)}, none of them active")
+            problems.append(
+                f"At 'services.{name}': service {name!r} is in {files} but only "
+                f"under {which}; activate it with "
+                f"[compose] profiles in the agent config (validate: --profile NAME) or "
+                f"remove the service from desired-state"
+            )
+        else:
+            problems.append(
+                f"At 'services.{name}': no service {name!r} in {files} "
+                f"(they define: {', '.join(sorted(known | set(gated))) or 'nothing'})"
+            )
     if problems:
         raise DesiredStateError(source, problems)
 
@@ -194,19 +257,61 @@ def check_allowed_images(desired: DesiredState, allowed: list[str] | None, sourc
     if allowed is None:
         return
     problems = [
-        f"At 'services.{name}.image': {spec.image!r} is outside the allowlist "
-        f"([trust] allowed_images)"
+        f"At 'services.{name}.image': {spec.image!r} ({'/'.join(normalize_repository(spec.image))}"
+        f") is outside the allowlist ([trust] allowed_images)"
         for name, spec in desired.services.items()
-        if not any(_image_allowed(spec.image, prefix) for prefix in allowed)
+        if not any(_image_allowed(spec.image, entry) for entry in allowed)
     ]
     if problems:
         raise DesiredStateError(source, problems)
 
 
-def _image_allowed(image: str, prefix: str) -> bool:
-    if prefix.endswith("/"):
-        return image.startswith(prefix)
-    return image == prefix or image.startswith(prefix + "/")
+DOCKER_HUB = "docker.io"
+_HUB_ALIASES = ("docker.io", "index.docker.io")
+
+
+def _split_domain(name: str) -> tuple[str, str]:
+    """(domain, path) as docker's reference library splits a name: the first component is a
+    registry only if it has a '.' or ':' or is 'localhost'; else the name is on Docker Hub."""
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        domain = first.lower()
+        return (DOCKER_HUB if domain in _HUB_ALIASES else domain), rest
+    return DOCKER_HUB, name
+
+
+def normalize_repository(image: str) -> tuple[str, str]:
+    """An image repository in docker's normalised form (``ParseNormalizedNamed``):
+    ``traefik``, ``library/traefik``, ``docker.io/traefik`` and
+    ``index.docker.io/library/traefik`` are all ``("docker.io", "library/traefik")``."""
+    domain, path = _split_domain(image)
+    if domain == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    return domain, path
+
+
+def _image_allowed(image: str, entry: str) -> bool:
+    """Whether ``image`` is allowed by one ``[trust] allowed_images`` entry.
+
+    Both sides are normalised first. An entry ending in ``/`` is a namespace: every
+    repository *below* it (``ghcr.io/acme/`` allows ``ghcr.io/acme/web``; ``ghcr.io/``
+    allows all of ghcr.io; ``traefik/`` allows ``docker.io/traefik/whoami``). Any other
+    entry is a repository: that repository and those below it, whole components only
+    (``traefik`` is ``docker.io/library/traefik``: not ``traefik/whoami``, not
+    ``ghcr.io/traefik``).
+    """
+    domain, path = normalize_repository(image)
+    if entry.endswith("/"):
+        namespace = entry.rstrip("/")
+        if not namespace:
+            return False
+        # split as if a repository followed, so "ghcr.io/" is a registry, "traefik/" a
+        # namespace on Docker Hub
+        want_domain, want_path = _split_domain(namespace + "/_")
+        want_path = want_path[: -len("/_")] if want_path != "_" else ""
+        return domain == want_domain and (not want_path or path.startswith(want_path + "/"))
+    want_domain, want_path = normalize_repository(entry)
+    return domain == want_domain and (path == want_path or path.startswith(want_path + "/"))
 
 
 STATEFUL_LABEL = "gitops-agent.stateful"

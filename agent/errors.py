@@ -112,6 +112,20 @@ class ImageNotFound(ReleaseFailed):
     """The registry does not have the manifest the desired state names."""
 
 
+class PlatformMismatch(ReleaseFailed):
+    """The digest names an image (or a manifest list) with nothing for the engine's
+    OS/architecture. Permanent for that digest: nothing is touched, the revision fails."""
+
+    def __init__(self, reference: str, wanted: str, actual: str) -> None:
+        self.reference = reference
+        self.wanted = wanted
+        self.actual = actual
+        super().__init__(
+            f"{reference} is for {actual}, but the Docker engine runs {wanted}; "
+            f"build and push an image for {wanted} (or a multi-platform index that has one)"
+        )
+
+
 class CommandError(AgentError):
     """A subprocess at the edge (compose, git) failed. Carries command, exit code, stderr."""
 
@@ -142,3 +156,24 @@ class LockHeld(AgentEnvironmentError):
 
 class StateWriteError(AgentEnvironmentError):
     """state_dir is unwritable or full."""
+
+
+class UnsafeStateDir(AgentEnvironmentError):
+    """state_dir (or a file in it) could be changed by someone other than the agent's user:
+    owned by another user, group/other-writable, or a symlink where a file must be."""
+
+
+class ComposeMissing(AgentEnvironmentError):
+    """The compose v2 binary is not installed (or not executable) on this host."""
+
+    def __init__(self, command: Sequence[str], reason: str) -> None:
+        self.command = list(command)
+        super().__init__(
+            f"the compose command {self.command[0]!r} cannot be run ({reason}); install "
+            "docker compose v2 or set [compose] command in the agent config"
+        )
+
+
+class LocalPermissionDenied(AgentEnvironmentError):
+    """The agent's user may not use the Docker socket, or the engine could not write its
+    own local storage: a host problem, not a registry credential problem."""

@@ -12,7 +12,28 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
-import structlog
+
+def _import_structlog_without_rich() -> None:
+    """Import structlog without letting ``structlog.dev`` pull in rich (and pygments).
+
+    structlog.dev imports rich at import time whenever it is installed (a dev tool,
+    import-linter, depends on it) to offer rich tracebacks in ConsoleRenderer. The agent
+    never uses them (``format_exc_info`` renders tracebacks to text before the renderer),
+    and the import costs the daemon ~4 MB RSS. rich is hidden only while structlog is
+    first imported; anything imported later can still use it.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` fail
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
+_import_structlog_without_rich()
+
+import structlog  # noqa: E402  (after the rich-less import above)
 
 _SECRET_KEYS = re.compile(r"(pass(word)?|secret|token|authorization|auth|credential)", re.I)
 # credentials embedded in URLs: https://user:token@host/

@@ -16,6 +16,7 @@ from agent.errors import (
     ApplyFailed,
     ImageNotFound,
     InvalidInput,
+    PlatformMismatch,
     RegistryAuthError,
     RegistryUnavailable,
     ReleaseFailed,
@@ -55,6 +56,8 @@ TABLE: tuple[tuple[type[BaseException], Disposition], ...] = (
     # the registry has no such manifest: retrying the same revision cannot help
     (ImageNotFound, Disposition("failed", EXIT_RELEASE_FAILED, mark_failed=True)),
     # credentials refused: a person must fix them; retried each pass, nothing touched
+    # the digest is an image for another OS/architecture than the engine's: permanent
+    (PlatformMismatch, Disposition("failed", EXIT_RELEASE_FAILED, mark_failed=True)),
     (RegistryAuthError, Disposition("failed", EXIT_RELEASE_FAILED)),
     (ReleaseFailed, Disposition("failed", EXIT_RELEASE_FAILED)),
     # the agent cannot keep a record (state_dir, lock): it refuses to act

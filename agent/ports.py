@@ -32,6 +32,8 @@ class Source(Protocol):
 
     def describe(self) -> str: ...
 
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool: ...
+
 
 class Engine(Protocol):
     """The Docker engine: containers of a project, images by digest."""
@@ -58,6 +60,10 @@ class ComposeProject(Protocol):
 
     def pin(self, images: Mapping[str, str]) -> None:
         """Pin services to ``image@digest`` for every later compose call (the override)."""
+
+    def inactive_services(self) -> dict[str, list[str]]:
+        """Services that exist only under profiles that are not active -> their profiles."""
+        ...
 
     def up(
         self,

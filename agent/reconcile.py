@@ -44,8 +44,10 @@ from agent.errors import (
     ComposeError,
     DockerUnavailable,
     ImageNotFound,
+    PlatformMismatch,
     RegistryAuthError,
     RegistryUnavailable,
+    SourceUnavailable,
     StateWriteError,
     TransientError,
     Unhealthy,
@@ -78,6 +80,7 @@ from agent.state import (
     write_atomic,
 )
 from agent.strategies import Toolkit, UpdateStrategy, pins, strategy_for
+from agent.trust import check_ancestry
 
 __all__ = ["Loaded", "PassResult", "Reconciler", "build_source"]
 
@@ -161,7 +164,7 @@ def _default_compose(cfg: AgentConfig) -> ComposeProject:
 
     return Compose(find_compose_command(cfg.compose.command), cfg.compose.project_dir,
                    cfg.compose.files, cfg.compose.name,
-                   override=cfg.agent.state_dir / OVERRIDE_FILE)
+                   override=cfg.agent.state_dir / OVERRIDE_FILE, profiles=cfg.compose.profiles)
 
 
 class Reconciler:
@@ -217,6 +220,7 @@ class Reconciler:
         failpoint("after-fetch")
         with structlog.contextvars.bound_contextvars(revision=fetched.revision[:12]):
             with run.timed("validate"):
+                self._check_history(state, fetched, run.force)
                 loaded = self.load_desired(fetched)
             self._cache_desired(state, fetched)
             with run.timed("observe"):
@@ -269,7 +273,8 @@ class Reconciler:
     def _fetch(self, state: AgentState) -> Fetched:
         try:
             fetched = retry_transient(self.source.fetch, event="agent.fetch",
-                                      retry_on=TransientError, source=self.source.describe())
+                                      retry_on=SourceUnavailable,
+                                      source=self.source.describe())
         except TransientError as e:
             log.error("agent.fetch.failed", source=self.source.describe(), error=str(e))
             raise
@@ -285,6 +290,14 @@ class Reconciler:
         return fetched
 
     # ------------------------------------------------------------------ validate
+    def _check_history(self, state: AgentState, fetched: Fetched, force: bool) -> None:
+        """With signed commits required, the head must descend from the last applied
+        revision: no replay of an older signed commit, no sideways move. UntrustedRevision."""
+        check_ancestry(
+            self.source, state.last_applied.revision if state.last_applied else None,
+            fetched.revision, require_signed=self.cfg.trust.require_signed_commits,
+            allow_rewind=self.cfg.trust.allow_rewind, force=force, path=fetched.path)
+
     def load_desired(self, fetched: Fetched) -> Loaded:
         """Parse and validate everything before anything is touched. Raises InvalidInput."""
         source = f"{fetched.path}@{fetched.revision[:12]}"
@@ -293,7 +306,10 @@ class Reconciler:
         desired = parse_desired_state(fetched.content, source)
         check_allowed_images(desired, self.cfg.trust.allowed_images, source)
         compose_services = self.compose.services()
-        check_against_compose(desired, compose_services, source)
+        inactive = (self.compose.inactive_services()
+                    if set(desired.services) - set(compose_services) else {})
+        check_against_compose(desired, compose_services, source, inactive=inactive,
+                              compose_files=", ".join(self.cfg.compose.files))
         orders = resolve_update_orders(desired, compose_services, source)
         return Loaded(fetched, desired, compose_services, orders)
 
@@ -381,7 +397,8 @@ class Reconciler:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pull") as pool:
             errors = [f.exception() for f in [pool.submit(self._pull_one, c) for c in todo]]
         # auth / not-found errors first: they say what a person must fix
-        for kind in (RegistryAuthError, ImageNotFound, TransientError, BaseException):
+        for kind in (RegistryAuthError, ImageNotFound, PlatformMismatch, TransientError,
+                     BaseException):
             for err in errors:
                 if isinstance(err, kind):
                     raise err
@@ -398,6 +415,10 @@ class Reconciler:
             raise
         except ImageNotFound as e:
             log.error("agent.pull.not_found", service=c.service, error=str(e))
+            raise
+        except PlatformMismatch as e:
+            log.error("agent.pull.wrong_platform", service=c.service, wanted=e.wanted,
+                      actual=e.actual, error=str(e))
             raise
         except AgentError as e:
             log.error("agent.pull.failed", service=c.service, error=str(e),

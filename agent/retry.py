@@ -4,6 +4,9 @@ Transient errors (source, registry, Docker engine unreachable) are retried with 
 exponential backoff and jitter. ``set_fast(True)`` — or ``GITOPS_AGENT_FAST_RETRY=1`` in the
 environment — keeps the number of attempts but shrinks every wait to milliseconds, so tests
 exercise the real retry path quickly.
+
+tenacity is imported only once a call has failed: the first attempt runs bare, so a pass in
+which nothing fails (every idle poll) does not load the retry machinery at all.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-import tenacity
 
 from agent.errors import TransientError
+
+if TYPE_CHECKING:
+    import tenacity
 
 T = TypeVar("T")
 
@@ -39,6 +44,8 @@ def is_fast() -> bool:
 
 
 def _wait(retry_state: tenacity.RetryCallState) -> float:
+    import tenacity
+
     scale = 0.01 if _fast else 1.0
     policy = tenacity.wait_exponential(
         multiplier=WAIT_INITIAL * scale, max=WAIT_MAX * scale
@@ -59,6 +66,23 @@ def retry_transient(
     Each retry is logged as ``<event>.retry_scheduled`` with the attempt, the wait and the
     error. The last error is re-raised unchanged.
     """
+    try:
+        return fn()
+    except retry_on as e:
+        if attempts <= 1:
+            raise
+        first_failure: BaseException | None = e
+
+    import tenacity
+
+    def replay_then_call() -> T:
+        """Attempt 1 already ran: hand its failure to tenacity, then call ``fn`` again."""
+        nonlocal first_failure
+        if first_failure is not None:
+            err, first_failure = first_failure, None
+            raise err
+        return fn()
+
     log = structlog.get_logger()
 
     def before_sleep(rs: tenacity.RetryCallState) -> None:
@@ -80,4 +104,4 @@ def retry_transient(
         before_sleep=before_sleep,
         reraise=True,
     )
-    return retrying(fn)
+    return retrying(replay_then_call)

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from agent.errors import AgentEnvironmentError, LockHeld, StateWriteError
+from agent.errors import AgentEnvironmentError, LockHeld, StateWriteError, UnsafeStateDir
 
 STATE_FILE = "state.json"
 LOCK_FILE = "agent.lock"
@@ -128,6 +129,7 @@ class StateStore:
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         except OSError as e:
             raise StateWriteError(f"state_dir {self.dir} cannot be created: {e.strerror}") from None
+        check_state_dir_safe(self.dir)
         if not os.access(self.dir, os.W_OK | os.X_OK):
             raise StateWriteError(
                 f"state_dir {self.dir} is not writable; the agent refuses to act without a record"
@@ -159,7 +161,32 @@ class StateStore:
             (self.dir / ".probe").unlink()
 
 
+def check_state_dir_safe(state_dir: Path) -> None:
+    """state_dir holds the lock, the record and the compose override the agent deploys:
+    nobody but the agent's user may be able to change what is in it."""
+    try:
+        st = os.stat(state_dir)
+    except OSError as e:
+        raise StateWriteError(f"state_dir {state_dir} cannot be read: {e.strerror}") from None
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafeStateDir(f"state_dir {state_dir} is not a directory")
+    if st.st_uid != os.geteuid():
+        raise UnsafeStateDir(
+            f"state_dir {state_dir} is owned by uid {st.st_uid}, not by the agent's user "
+            f"(uid {os.geteuid()}); the agent refuses to act: run "
+            f"'chown {os.geteuid()} {state_dir}'"
+        )
+    if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UnsafeStateDir(
+            f"state_dir {state_dir} is writable by group or others (mode {mode:04o}); "
+            f"the agent refuses to act: run 'chmod go-w {state_dir}'"
+        )
+
+
 def write_atomic(path: Path, data: bytes, mode: int = 0o640) -> None:
+    """Write ``data`` to a new temp file and rename it over ``path``: a symlink at ``path``
+    is replaced, never followed."""
     tmp_name = None
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -200,8 +227,16 @@ class StateLock:
 
     def acquire(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+            # never through a symlink: a link planted at agent.lock must not make the agent
+            # create or truncate a file elsewhere
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o640)
         except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise UnsafeStateDir(
+                    f"lock file {self.path} is a symlink; the agent refuses to follow it: "
+                    "remove it"
+                ) from None
             raise StateWriteError(f"cannot open lock file {self.path}: {e.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

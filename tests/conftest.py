@@ -67,6 +67,22 @@ def images(registry, docker_client, session_dir: Path) -> dict[str, str]:  # typ
     return out
 
 
+@pytest.fixture(scope="session")
+def debian_base_image(docker_client) -> str:  # type: ignore[no-untyped-def]
+    """``local/debian:bookworm``: a debootstrap'ed Debian (minbase) imported into the engine,
+    for tests that need a real distribution userland (systemd as PID 1, apt packages).
+    Built once by scripts/debian-base-image (a few minutes, needs the Debian mirror); the
+    image existing is the cache. Derive from it with a Dockerfile ``FROM`` this name."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "debian-base-image"
+    p = subprocess.run([str(script)], capture_output=True, text=True, timeout=1800, check=False)
+    if p.returncode != 0:
+        pytest.fail(f"{script} could not build the Debian base image (exit {p.returncode}):\n"
+                    f"{p.stderr[-3000:]}", pytrace=False)
+    return p.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture
 def compose_cmd() -> list[str]:
     from agent.edges.compose import find_compose_command

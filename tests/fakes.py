@@ -65,6 +65,13 @@ class FakeSource:
     def describe(self) -> str:
         return "fake://repo@main"
 
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """A linear history: earlier commits are ancestors of later ones."""
+        order = [rev for rev, _ in self.commits]
+        if ancestor not in order or descendant not in order:
+            return False
+        return order.index(ancestor) <= order.index(descendant)
+
 
 # how a container of an image behaves once started
 HEALTHY, UNHEALTHY, CRASH, NOHEALTH = "healthy", "unhealthy", "crash", "nohealth"
@@ -183,12 +190,16 @@ class FakeCompose:
     engine: FakeEngine
     model: dict[str, Any] = field(default_factory=dict)
     pins: dict[str, str] = field(default_factory=dict)
+    inactive: dict[str, list[str]] = field(default_factory=dict)  # profile-gated services
     fail_up: int = 0  # the next N `up` calls fail (the release's fault)
     ups: list[tuple[list[str], dict[str, int], bool]] = field(default_factory=list)
     kill_on_up: int | None = None  # raise Killed on the Nth `up` call (1-based)
 
     def services(self) -> dict[str, Any]:
         return self.model
+
+    def inactive_services(self) -> dict[str, list[str]]:
+        return self.inactive
 
     def pin(self, images: Mapping[str, str]) -> None:
         self.pins = dict(images)

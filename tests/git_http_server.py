@@ -14,9 +14,13 @@ BACKEND = "/usr/lib/git-core/git-http-backend"
 
 
 class GitHTTPServer:
-    def __init__(self, project_root: Path, token: str | None) -> None:
+    def __init__(self, project_root: Path, token: str | None, *, allow_filter: bool = True,
+                 ) -> None:
         self.root = project_root
         self.token = token
+        # as GitHub and GitLab do: partial fetches (--filter=blob:limit=N) are served
+        self.allow_filter = allow_filter
+        self.bytes_sent = 0
         self.auth_seen: list[str | None] = []
         outer = self
 
@@ -52,6 +56,9 @@ class GitHTTPServer:
                     "REMOTE_ADDR": "127.0.0.1",
                     "REMOTE_USER": "x-access-token",
                 }
+                if outer.allow_filter:
+                    env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="uploadpack.allowFilter",
+                               GIT_CONFIG_VALUE_0="true")
                 if self.headers.get("Content-Encoding"):
                     env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
                 if self.headers.get("Git-Protocol"):
@@ -73,6 +80,7 @@ class GitHTTPServer:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+                outer.bytes_sent += len(payload)
 
             do_GET = _serve
             do_POST = _serve

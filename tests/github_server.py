@@ -67,6 +67,9 @@ class FakeRepo:
     heads: dict[str, str] = field(default_factory=dict)  # branch -> sha
     files: dict[str, dict[str, bytes]] = field(default_factory=dict)  # sha -> path -> bytes
     verification: dict[str, tuple[bool, str]] = field(default_factory=dict)  # sha -> (ok, reason)
+    # trust: sha -> (signature, payload) as GitHub returns them; sha -> parent SHAs (compare)
+    signatures: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    parents: dict[str, list[str]] = field(default_factory=dict)
 
 
 _counter = itertools.count(1)
@@ -117,6 +120,8 @@ class FakeGitHub:
         self._fail: tuple[int, int | None] | None = None  # (status, remaining or None=forever)
         self._redirect_contents: str | None = None
         self._delay = 0.0
+        # sha asked for -> sha answered in commits/{sha} (a lying or compromised host)
+        self.answer_sha: dict[str, str] = {}
         self._server = ThreadingHTTPServer((bind, port), _make_handler(self))
         self._server.daemon_threads = True
         self._server.request_queue_size = 1024
@@ -167,11 +172,23 @@ class FakeGitHub:
         verified: bool = True,
         reason: str = "valid",
         move_head: bool = True,
+        parents: list[str] | None = None,
+        signature: str | None = None,
+        payload: str | None = None,
     ) -> str:
-        """Add a commit holding exactly ``files``; make it the branch head. Returns its SHA."""
+        """Add a commit holding exactly ``files``; make it the branch head. Returns its SHA.
+
+        ``parents`` default to the branch's current head (for the compare endpoint);
+        ``signature``/``payload`` are what ``commit.verification`` returns (see
+        :func:`signed_from_git` for a real signed commit)."""
         sha = sha or make_sha()
         with self.lock:
             r = self.repo(repo)
+            if parents is None:
+                head = r.heads.get(branch or self.default_branch)
+                parents = [head] if head is not None else []
+            r.parents[sha] = list(parents)
+            r.signatures[sha] = (signature, payload)
             r.files[sha] = {p: (c.encode() if isinstance(c, str) else c) for p, c in files.items()}
             r.verification[sha] = (verified, reason if not verified or reason else "valid")
             if move_head:
@@ -316,6 +333,7 @@ class FakeGitHub:
                 return _json(404, {"message": "Not Found"})
             heads, files = dict(repo.heads), dict(repo.files)
             verification = dict(repo.verification)
+            signatures, parents = dict(repo.signatures), dict(repo.parents)
         accept = headers.get("accept", "")
 
         if endpoint == "commits":
@@ -332,9 +350,15 @@ class FakeGitHub:
             etag = self.etag_for(sha, "json")
             if _etag_matches(headers.get("if-none-match"), etag):
                 return 304, {"ETag": etag}, b""
-            body = {"sha": sha, "commit": {"message": f"commit {sha[:7]}", "verification": {
-                "verified": ok, "reason": reason, "signature": None, "payload": None}}}
+            signature, payload = signatures.get(sha, (None, None))
+            body = {"sha": self.answer_sha.get(sha, sha), "commit": {
+                "message": f"commit {sha[:7]}", "verification": {
+                    "verified": ok, "reason": reason, "signature": signature,
+                    "payload": payload}}}
             return _json(200, body, {"ETag": etag})
+
+        if endpoint == "compare":
+            return _compare(rest, heads, parents)
 
         if endpoint == "contents":
             if redirect is not None:
@@ -354,10 +378,12 @@ class FakeGitHub:
             if "application/vnd.github.raw" in accept:
                 return 200, {"Content-Type": "application/vnd.github.raw; charset=utf-8",
                              "ETag": etag}, content
-            return _json(200, {"type": "file", "path": rest, "sha": blob, "encoding": "base64",
-                               "content": base64.b64encode(content).decode()}, {"ETag": etag})
+            big = len(content) > 1024 * 1024  # as GitHub: no inline content over 1 MB
+            return _json(200, {"type": "file", "path": rest, "sha": blob, "size": len(content),
+                               "encoding": "none" if big else "base64",
+                               "content": "" if big else base64.b64encode(content).decode()},
+                         {"ETag": etag})
         return _json(404, {"message": "Not Found"})
-
 
     # ------------------------------------------------------------------ commit statuses
     def _post_status(self, path: str, headers: Mapping[str, str], body: bytes
@@ -403,6 +429,63 @@ class FakeGitHub:
         without moving the branch: statuses can then be posted to it."""
         with self.lock:
             self.repo(repo).files.setdefault(sha, {})
+
+
+def _ancestors(sha: str, parents: Mapping[str, list[str]]) -> set[str]:
+    seen, todo = set(), [sha]
+    while todo:
+        s = todo.pop()
+        if s not in seen:
+            seen.add(s)
+            todo += parents.get(s, [])
+    return seen
+
+
+def _compare(spec: str, heads: Mapping[str, str], parents: Mapping[str, list[str]]
+             ) -> tuple[int, dict[str, str], bytes]:
+    """``compare/{base}...{head}``: ``status`` ahead / identical / behind / diverged."""
+    base, dots, head = spec.partition("...")
+    base, head = heads.get(base, base), heads.get(head, head)
+    if not dots or base not in parents or head not in parents:
+        return _json(404, {"message": "Not Found"})
+    if base == head:
+        status = "identical"
+    elif base in _ancestors(head, parents):
+        status = "ahead"
+    elif head in _ancestors(base, parents):
+        status = "behind"
+    else:
+        status = "diverged"
+    up, down = _ancestors(head, parents), _ancestors(base, parents)
+    return _json(200, {"status": status, "ahead_by": len(up - down),
+                       "behind_by": len(down - up), "total_commits": len(up - down),
+                       "base_commit": {"sha": base}, "commits": []})
+
+
+def signed_from_git(work: Any, rev: str = "HEAD") -> tuple[str, str | None, str]:
+    """(sha, signature, payload) of a real git commit, split as GitHub's
+    ``commit.verification`` returns them: the payload is the commit without its gpgsig."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=work, check=True, capture_output=True,
+                              text=True).stdout
+
+    sha = git("rev-parse", rev).strip()
+    raw = git("cat-file", "commit", sha)
+    head, _, message = raw.partition("\n\n")
+    kept, sig_lines, in_sig = [], [], False
+    for line in head.split("\n"):
+        if line.startswith("gpgsig "):
+            in_sig = True
+            sig_lines.append(line[len("gpgsig "):])
+        elif in_sig and line.startswith(" "):
+            sig_lines.append(line[1:])
+        else:
+            in_sig = False
+            kept.append(line)
+    payload = "\n".join(kept) + "\n\n" + message
+    return sha, ("\n".join(sig_lines) + "\n" if sig_lines else None), payload
 
 
 def _json(status: int, body: Any, headers: Mapping[str, str] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -13,11 +14,14 @@ from typing import Any
 
 import structlog
 
-from agent.errors import ComposeError, ComposeFileError
+from agent.errors import ComposeError, ComposeFileError, ComposeMissing
 from agent.log import redact_text
 from agent.state import write_atomic
 
 log = structlog.get_logger()
+
+# a top-level ``include:`` or an ``extends`` with ``file:``: the model depends on other files
+_REFERS_TO_FILES = re.compile(rb"^include\s*:|^\s+file\s*:", re.MULTILINE)
 
 PLUGIN_DIRS = (
     "~/.docker/cli-plugins",
@@ -46,6 +50,13 @@ def find_compose_command(configured: Sequence[str] | None = None) -> list[str]:
     return ["docker", "compose"]
 
 
+def _plugin_missing(stderr: bytes) -> bool:
+    """``docker compose`` run by a docker CLI without the compose plugin."""
+    text = stderr.decode(errors="replace")
+    return "'compose' is not a docker command" in text or "unknown command: docker compose" in \
+        text
+
+
 class Compose:
     def __init__(
         self,
@@ -55,6 +66,7 @@ class Compose:
         project_name: str,
         override: Path | None = None,
         timeout: float = 600,
+        profiles: Sequence[str] = (),
     ) -> None:
         self.command = list(command)
         self.project_dir = project_dir
@@ -62,11 +74,17 @@ class Compose:
         self.project_name = project_name
         self.override = override
         self.timeout = timeout
+        # the profiles the project runs with; empty: compose decides (COMPOSE_PROFILES in
+        # the environment or the project's .env), exactly as a hand-run compose would
+        self.profiles = list(profiles)
         self._cache: tuple[tuple[tuple[str, int, int], ...], dict[str, Any]] | None = None
+        self._all_cache: tuple[tuple[tuple[str, int, int], ...], dict[str, Any]] | None = None
 
-    def _base(self, with_override: bool = True) -> list[str]:
+    def _base(self, with_override: bool = True, profiles: Sequence[str] | None = None) -> list[str]:
         args = [*self.command, "--project-name", self.project_name,
                 "--project-directory", str(self.project_dir)]
+        for profile in self.profiles if profiles is None else profiles:
+            args += ["--profile", profile]
         for f in self.files:
             args += ["--file", str(f)]
         if with_override and self.override is not None and self.override.exists():
@@ -83,21 +101,33 @@ class Compose:
         except subprocess.TimeoutExpired:
             raise ComposeError(cmd, -1, f"timed out after {timeout or self.timeout:.0f}s") from None
         except FileNotFoundError:
-            raise ComposeError(cmd, 127, f"{cmd[0]}: command not found (compose v2 needed)") from None
+            raise ComposeMissing(cmd, "command not found") from None
+        except PermissionError:
+            raise ComposeMissing(cmd, "not executable by the agent's user") from None
+        if proc.returncode == 127 or (proc.returncode != 0 and _plugin_missing(proc.stderr)):
+            # "docker compose" without the plugin, or a wrapper that could not find it
+            raise ComposeMissing(cmd, redact_text(
+                proc.stderr.decode(errors="replace").strip().splitlines()[-1]
+                if proc.stderr.strip() else f"exit {proc.returncode}"))
         if proc.returncode != 0:
             raise ComposeError(cmd, proc.returncode, redact_text(proc.stderr.decode(errors="replace")))
         return proc.stdout.decode(errors="replace")
 
     # ------------------------------------------------------------------ read
-    def config(self, with_override: bool = False) -> dict[str, Any]:
-        """The resolved compose model. A file that does not parse is ComposeFileError."""
+    def config(
+        self, with_override: bool = False, profiles: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """The resolved compose model: compose's own (includes, extends, ``!reset``,
+        interpolation, multi-document files, active profiles). ``profiles`` replaces the
+        configured ones (``["*"]``: every profile). A file that does not parse is
+        ComposeFileError."""
         missing = [str(f) for f in self.files if not f.is_file()]
         if missing:
             raise ComposeFileError("compose", [f"compose file not found: {m}" for m in missing])
         try:
-            out = self._run([*self._base(with_override), "config", "--format", "json"],
+            out = self._run([*self._base(with_override, profiles), "config", "--format", "json"],
                             timeout=60)
-        except ComposeError as e:
+        except ComposeError as e:  # ComposeMissing is an environment error: it goes through
             lines = [ln for ln in e.stderr.strip().splitlines() if ln.strip()]
             raise ComposeFileError(
                 ", ".join(str(f) for f in self.files),
@@ -111,14 +141,40 @@ class Compose:
         most of an idle pass, so the model is cached until a compose file or the project's
         ``.env`` changes (path, size, mtime)."""
         key = self._files_key()
-        if self._cache is not None and self._cache[0] == key:
+        if key and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         services: dict[str, Any] = self.config().get("services") or {}
         self._cache = (key, services)
         return services
 
+    def inactive_services(self) -> dict[str, list[str]]:
+        """The services that exist only under profiles that are not active, each with its
+        profiles (compose's model with ``--profile '*'``, minus :meth:`services`). Cached
+        like :meth:`services`."""
+        key = self._files_key()
+        if key and self._all_cache is not None and self._all_cache[0] == key:
+            everything: dict[str, Any] = self._all_cache[1]
+        else:
+            everything = self.config(profiles=["*"]).get("services") or {}
+            self._all_cache = (key, everything)
+        active = self.services()
+        return {
+            name: [str(p) for p in (svc.get("profiles") or [])]
+            for name, svc in sorted(everything.items())
+            if name not in active
+        }
+
     def _files_key(self) -> tuple[tuple[str, int, int], ...]:
+        """What the cached model depends on: the compose files and the project's ``.env``.
+        Empty (never cached) when a compose file pulls in other files (``include:``,
+        ``extends: file:``): those could change unseen."""
         key = []
+        for f in self.files:
+            try:
+                if _REFERS_TO_FILES.search(f.read_bytes()):
+                    return ()
+            except OSError:
+                pass
         for f in [*self.files, self.project_dir / ".env"]:
             try:
                 st = f.stat()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections.abc import Collection, Iterator
@@ -19,6 +20,8 @@ from agent.desired import registry_of
 from agent.errors import (
     DockerUnavailable,
     ImageNotFound,
+    LocalPermissionDenied,
+    PlatformMismatch,
     RegistryAuthError,
     RegistryUnavailable,
 )
@@ -54,9 +57,35 @@ def split_ref(ref: str) -> tuple[str, str | None]:
     return ref, digest
 
 
-def classify_pull_error(registry: str, reference: str, message: str) -> Exception:
+# "no matching manifest for linux/amd64 in the manifest list entries" (a manifest list /
+# OCI index without the engine's platform)
+_NO_PLATFORM_RE = re.compile(r"no matching manifest for (\S+) in the manifest list", re.I)
+# Go's PathError/OpError on the host: "open /var/lib/docker/tmp/x: permission denied",
+# "dial unix /var/run/docker.sock: connect: permission denied". A registry's refusal reads
+# "denied: requested access to the resource is denied" and names no local path.
+_LOCAL_PERMISSION_RE = re.compile(
+    r"(?:^|[\s\"'])/[^\s\"']*:(?: [a-z]+:)? permission denied", re.I)
+
+
+def classify_pull_error(
+    registry: str, reference: str, message: str, available: str | None = None
+) -> Exception:
+    """The typed error for an engine's pull error message. ``available`` names the platforms
+    a manifest list offers, when known (for the message)."""
     msg = redact_text(" ".join(message.split()))
     low = msg.lower()
+    if _LOCAL_PERMISSION_RE.search(msg) or "operation not permitted" in low:
+        return LocalPermissionDenied(
+            f"the Docker engine could not pull {reference}: {msg} (a permission problem on "
+            "this host, not the registry's credentials: check the Docker socket's group and "
+            "the engine's data-root)"
+        )
+    platform = _NO_PLATFORM_RE.search(msg)
+    if platform:
+        return PlatformMismatch(
+            reference, platform.group(1),
+            available or "only other platforms (its manifest list has no entry for it)",
+        )
     if (any(m in low for m in _AUTH_MARKERS) or _AUTH_CODES.search(low)) \
             and "connection refused" not in low:
         return RegistryAuthError(registry, reference, msg)
@@ -64,6 +93,33 @@ def classify_pull_error(registry: str, reference: str, message: str) -> Exceptio
                                      and "no such host" not in low):
         return ImageNotFound(f"registry {registry} has no manifest {reference}: {msg}")
     return RegistryUnavailable(registry, reference, msg)
+
+
+def _image_platform(img: dict[str, Any]) -> str:
+    return "/".join(x for x in (img.get("Os"), img.get("Architecture"), img.get("Variant")) if x)
+
+
+def _permission_denied(e: BaseException) -> bool:
+    """A PermissionError anywhere in a requests/urllib3 exception (the Docker socket)."""
+    seen: set[int] = set()
+    todo: list[object] = [e]
+    while todo:
+        x = todo.pop()
+        if not isinstance(x, BaseException) or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, PermissionError):
+            return True
+        todo += [*x.args, x.__cause__, x.__context__, getattr(x, "reason", None)]
+    return False
+
+
+def _socket_denied(what: str) -> LocalPermissionDenied:
+    return LocalPermissionDenied(
+        f"permission denied on the Docker socket during {what}: the agent's user (uid "
+        f"{os.geteuid()}) may not use the Docker engine; run the agent as root or add its "
+        "user to the socket's group"
+    )
 
 
 _EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
@@ -110,6 +166,7 @@ class DockerEngine:
         # request and never answers it).
         self._pull_stall_timeout = pull_stall_timeout
         self._lock = threading.Lock()
+        self._platform: tuple[str, str] | None = None
 
     @property
     def client(self) -> docker.DockerClient:
@@ -119,6 +176,8 @@ class DockerEngine:
                     try:
                         self._client = docker.from_env(timeout=int(self._timeout))
                     except docker.errors.DockerException as e:
+                        if _permission_denied(e):
+                            raise _socket_denied("connect") from None
                         raise DockerUnavailable(f"Docker engine not reachable: {e}") from None
         return self._client
 
@@ -127,6 +186,8 @@ class DockerEngine:
         try:
             yield
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+            if _permission_denied(e):
+                raise _socket_denied(what) from None
             raise DockerUnavailable(f"Docker engine not reachable during {what}: {e}") from None
 
     def close(self) -> None:
@@ -230,23 +291,66 @@ class DockerEngine:
                 return False
             except docker.errors.NotFound:
                 return False
-        return ref in (img.get("RepoDigests") or [])
+        if ref not in (img.get("RepoDigests") or []):
+            return False
+        # an image for another platform (pulled by hand, say) is as good as absent: the
+        # pull then says why it cannot be used
+        return not self._foreign(img)
+
+    def platform(self) -> tuple[str, str]:
+        """The engine's ``(os, architecture)``, as Go names them (``linux``, ``amd64``)."""
+        if self._platform is None:
+            with self._api("version"):
+                v = self.client.api.version()
+            self._platform = (str(v.get("Os") or "linux"), str(v.get("Arch") or "amd64"))
+        return self._platform
+
+    def _foreign(self, img: dict[str, Any]) -> bool:
+        os_, arch = self.platform()
+        return (img.get("Os") or os_) != os_ or (img.get("Architecture") or arch) != arch
+
+    def _check_platform(self, image: str, digest: str) -> None:
+        ref = f"{image}@{digest}"
+        with self._api("image inspect"):
+            try:
+                img = self.client.api.inspect_image(ref)
+            except docker.errors.NotFound:
+                return  # the caller says the image is not local
+        if self._foreign(img):
+            raise PlatformMismatch(ref, "/".join(self.platform()), _image_platform(img))
+
+    def _available_platforms(self, image: str, digest: str,
+                             auth: dict[str, str] | None) -> str | None:
+        """The platforms a manifest list offers, asked of the engine (best effort)."""
+        try:
+            dist = self.client.api.inspect_distribution(f"{image}@{digest}", auth_config=auth)
+        except Exception:  # noqa: BLE001 - only for the message
+            return None
+        names = sorted({
+            "/".join(x for x in (p.get("os"), p.get("architecture"), p.get("variant")) if x)
+            for p in dist.get("Platforms") or []
+        })
+        return ", ".join(n for n in names if n) or None
 
     def pull(self, image: str, digest: str, auth: dict[str, str] | None = None) -> None:
         """Pull ``image@digest``. The engine verifies the content against the digest.
 
-        Raises RegistryUnavailable (transient), RegistryAuthError or ImageNotFound.
+        Raises RegistryUnavailable (transient), RegistryAuthError, ImageNotFound,
+        PlatformMismatch (nothing for the engine's OS/architecture) or LocalPermissionDenied.
         """
         registry = registry_of(image)
         ref = f"{image}@{digest}"
         try:
             for chunk in self._pull_stream(image, digest, auth):
                 if "error" in chunk:
-                    detail = chunk.get("errorDetail", {}).get("message") or chunk["error"]
-                    raise classify_pull_error(registry, ref, str(detail))
+                    detail = str(chunk.get("errorDetail", {}).get("message") or chunk["error"])
+                    raise self._classify(registry, image, digest, auth, detail)
         except docker.errors.APIError as e:
-            raise classify_pull_error(registry, ref, str(e.explanation or e)) from None
+            raise self._classify(registry, image, digest, auth,
+                                 str(e.explanation or e)) from None
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError) as e:
+            if _permission_denied(e):
+                raise _socket_denied(f"pull of {ref}") from None
             # The stream stalled or broke: a registry that stopped answering, or the engine
             # itself going away. Ask the engine which.
             if not self.answers():
@@ -260,8 +364,21 @@ class DockerEngine:
                    "(the registry accepts connections but does not answer)"
                    if stalled else f"connection dropped: {e}")
             raise RegistryUnavailable(registry, ref, why) from None
+        # the engine pulls a single-platform manifest for another OS/architecture without a
+        # word (only a manifest list is matched against the engine's platform)
+        self._check_platform(image, digest)
         if not self.has_image(image, digest):
             raise RegistryUnavailable(registry, ref, "pull finished but the image is not local")
+
+    def _classify(self, registry: str, image: str, digest: str,
+                  auth: dict[str, str] | None, message: str) -> Exception:
+        ref = f"{image}@{digest}"
+        err = classify_pull_error(registry, ref, message)
+        if isinstance(err, PlatformMismatch):
+            available = self._available_platforms(image, digest, auth)
+            if available:
+                err = classify_pull_error(registry, ref, message, available)
+        return err
 
     def _pull_stream(
         self, image: str, digest: str, auth: dict[str, str] | None

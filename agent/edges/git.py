@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from agent.desired import MAX_BYTES
 from agent.edges.source import Fetched
 from agent.errors import ConfigError, DesiredStateError, GitError, SourceUnavailable
 from agent.log import redact_text
@@ -74,6 +75,7 @@ class GitSource:
         self.timeout = timeout
         self.allowed_signers_file = allowed_signers_file
         self.env: dict[str, str] = {}
+        self._partial_ready = False
         if ssh_key_file is not None:
             # git runs this through a shell: quote the one value that comes from config
             self.env["GIT_SSH_COMMAND"] = (
@@ -92,20 +94,45 @@ class GitSource:
     def _ensure_mirror(self) -> None:
         if not (self.mirror / "HEAD").exists():
             self.mirror.mkdir(parents=True, exist_ok=True)
-            run_git(["init", "--quiet", "--bare", str(self.mirror)])
+            run_git(["init", "--quiet", "--bare", "--", str(self.mirror)])
+        if not self._partial_ready:
+            # A partial mirror: blobs over the desired-state limit are never downloaded (a
+            # huge blob pushed elsewhere in the repository cannot fill state_dir). The
+            # promisor remote "origin" has no URL on disk: the URL is handed to each fetch
+            # through the environment, so a missing blob is never fetched lazily.
+            have = run_git(["config", "--get", "extensions.partialclone"], cwd=self.mirror,
+                           check=False).stdout.decode().strip()
+            if have != REMOTE:
+                for key, value in (("remote.origin.promisor", "true"),
+                                   ("remote.origin.partialclonefilter", BLOB_FILTER),
+                                   ("extensions.partialclone", REMOTE)):
+                    run_git(["config", "--", key, value], cwd=self.mirror)
+            self._partial_ready = True
 
     def head(self) -> str | None:
-        proc = run_git(["rev-parse", "--verify", "--quiet", self._ref + "^{commit}"],
-                       cwd=self.mirror, check=False)
+        proc = run_git(["rev-parse", "--verify", "--quiet", "--end-of-options",
+                        self._ref + "^{commit}"], cwd=self.mirror, check=False)
         return proc.stdout.decode().strip() if proc.returncode == 0 else None
+
+    def _fetch_env(self) -> dict[str, str]:
+        """The token header (if any) plus the remote's URL, as environment config: the URL
+        is never parsed as an option and never written into the mirror's config."""
+        extra = dict(self.env)
+        n = int(extra.get("GIT_CONFIG_COUNT", "0"))
+        extra[f"GIT_CONFIG_KEY_{n}"] = "remote.origin.url"
+        extra[f"GIT_CONFIG_VALUE_{n}"] = self.repo
+        extra["GIT_CONFIG_COUNT"] = str(n + 1)
+        return extra
 
     def fetch(self) -> Fetched:
         self._ensure_mirror()
         before = self.head()
+        upload_pack = (["--upload-pack=git -c uploadpack.allowFilter=true upload-pack"]
+                       if _is_local(self.repo) else [])
         proc = run_git(
-            ["fetch", "--quiet", "--prune", "--no-tags", "--force", self.repo,
-             f"+{self._ref}:{self._ref}"],
-            cwd=self.mirror, env=self.env, timeout=self.timeout, check=False,
+            ["fetch", "--quiet", "--prune", "--no-tags", "--force", *upload_pack,
+             f"--filter={BLOB_FILTER}", "--", REMOTE, f"+{self._ref}:{self._ref}"],
+            cwd=self.mirror, env=self._fetch_env(), timeout=self.timeout, check=False,
         )
         if proc.returncode != 0:
             err = redact_text(proc.stderr.decode(errors="replace")).strip()
@@ -116,24 +143,67 @@ class GitSource:
             raise SourceUnavailable(f"branch {self.branch!r} not found in {redact_text(self.repo)}")
         went_backwards = False
         if before is not None and before != rev:
-            anc = run_git(["merge-base", "--is-ancestor", rev, before], cwd=self.mirror,
-                          check=False)
-            went_backwards = anc.returncode == 0
-        show = run_git(["cat-file", "blob", f"{rev}:{self.path}"], cwd=self.mirror, check=False)
-        if show.returncode != 0:
-            raise DesiredStateError(
-                f"{self.path}@{rev[:12]}", [f"no file {self.path!r} at revision {rev[:12]}"]
-            )
+            went_backwards = self.is_ancestor(rev, before)
         trust_error = self._verify_signature(rev) if self.allowed_signers_file else None
-        return Fetched(revision=rev, content=show.stdout, path=self.path,
+        # untrusted content is not read (the pass refuses the revision before parsing)
+        content = self._read_file(rev) if trust_error is None else b""
+        return Fetched(revision=rev, content=content, path=self.path,
                        went_backwards=went_backwards, trust_error=trust_error)
 
+    def _read_file(self, rev: str) -> bytes:
+        """The desired-state file at ``rev``, refused from its size before it is read."""
+        where = f"{self.path}@{rev[:12]}"
+        tree = run_git(["ls-tree", "-z", "--end-of-options", rev, "--", self.path],
+                       cwd=self.mirror, check=False)
+        entry = tree.stdout.split(b"\0", 1)[0].decode(errors="replace")
+        meta, _, name = entry.partition("\t")
+        if tree.returncode != 0 or name != self.path:
+            raise DesiredStateError(where, [f"no file {self.path!r} at revision {rev[:12]}"])
+        mode, kind, oid = (meta.split() + ["", "", ""])[:3]
+        if kind != "blob":
+            raise DesiredStateError(where, [f"{self.path!r} is a {kind or mode}, not a file"])
+        too_big = (f"{self.path!r} is larger than the limit of {MAX_BYTES} bytes; "
+                   "refused unread")
+        size = run_git(["cat-file", "-s", oid], cwd=self.mirror, env=NO_LAZY_FETCH,
+                       check=False)
+        if size.returncode != 0:
+            # the partial fetch left it out: it is over the filter's limit
+            raise DesiredStateError(where, [too_big])
+        if int(size.stdout.decode().strip()) > MAX_BYTES:
+            raise DesiredStateError(where, [too_big])
+        return run_git(["cat-file", "blob", oid], cwd=self.mirror, env=NO_LAZY_FETCH).stdout
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """Whether ``ancestor`` is ``descendant`` or one of its ancestors (in the mirror)."""
+        proc = run_git(["merge-base", "--is-ancestor", "--end-of-options", ancestor, descendant],
+                       cwd=self.mirror, env=NO_LAZY_FETCH, check=False)
+        if proc.returncode in (0, 1):
+            return proc.returncode == 0
+        # a commit the mirror does not hold (e.g. pruned after a force-push): the branch's
+        # history is fetched in full, so it is not an ancestor of anything fetched
+        for rev in (ancestor, descendant):
+            exists = run_git(["cat-file", "-e", "--end-of-options", f"{rev}^{{commit}}"],
+                             cwd=self.mirror, env=NO_LAZY_FETCH, check=False)
+            if exists.returncode != 0:
+                return False
+        raise GitError(["git", "merge-base", "--is-ancestor", ancestor, descendant],
+                       proc.returncode, redact_text(proc.stderr.decode(errors="replace")))
+
     def _verify_signature(self, rev: str) -> str | None:
+        fmt = _signature_format(
+            run_git(["cat-file", "commit", rev], cwd=self.mirror, env=NO_LAZY_FETCH).stdout
+        )
+        if fmt is None:
+            return f"commit {rev[:12]} is not signed"
+        if fmt != "ssh":
+            # git would hand it to gpg/gpgsm and trust whatever keyring the agent's user has
+            return (f"commit {rev[:12]} carries an {fmt} signature; only SSH signatures by a "
+                    "key in trust.allowed_signers_file are accepted")
         proc = run_git(
             ["-c", "gpg.format=ssh",
              "-c", f"gpg.ssh.allowedSignersFile={self.allowed_signers_file}",
-             "verify-commit", rev],
-            cwd=self.mirror, check=False,
+             "verify-commit", "--end-of-options", rev],
+            cwd=self.mirror, env=NO_LAZY_FETCH, check=False,
         )
         if proc.returncode == 0:
             return None
@@ -141,3 +211,38 @@ class GitSource:
         if not err:
             return f"commit {rev[:12]} is not signed"
         return f"commit {rev[:12]} has no valid signature from an allowed signer: {err.splitlines()[-1]}"
+
+
+REMOTE = "origin"
+# blobs of this size or more are left out of the mirror (they could not be a valid file)
+BLOB_FILTER = f"blob:limit={MAX_BYTES + 1}"
+# newer git (2.44+) honours this; older git fails the lazy fetch because "origin" has no URL
+NO_LAZY_FETCH = {"GIT_NO_LAZY_FETCH": "1"}
+
+
+def _is_local(repo: str) -> bool:
+    """A path or file:// URL: git runs upload-pack itself, so it can be told to filter."""
+    if repo.startswith("file://"):
+        return True
+    if "://" in repo:
+        return False
+    head = repo.split("/", 1)[0]
+    return ":" not in head  # not scp-like host:path
+
+
+def _signature_format(commit: bytes) -> str | None:
+    """The format of a commit object's signature header (``gpgsig``/``gpgsig-sha256``):
+    ``ssh``, ``OpenPGP``, ``X.509``, or None when unsigned."""
+    header, _, _ = commit.partition(b"\n\n")
+    for line in header.split(b"\n"):
+        name, _, value = line.partition(b" ")
+        if name in (b"gpgsig", b"gpgsig-sha256"):
+            first = value.strip()
+            if first == b"-----BEGIN SSH SIGNATURE-----":
+                return "ssh"
+            if first.startswith(b"-----BEGIN PGP"):
+                return "OpenPGP"
+            if first == b"-----BEGIN SIGNED MESSAGE-----":
+                return "X.509"
+            return "unknown-format"
+    return None

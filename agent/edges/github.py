@@ -10,9 +10,19 @@ The ETag, the SHA, the content (and any rate-limit wait) are kept in memory and 
 atomically in ``state_dir/github-cache.json``, so a restarted daemon still sends a single
 conditional request.
 
-Rate limits are honoured: a 403/429 carrying ``x-ratelimit-remaining: 0`` or ``retry-after``
-raises :class:`RateLimited`, and until the wait has elapsed every ``fetch()`` raises it again
-without sending anything.
+Every answer is sorted by :func:`classify` (status, headers, body -> what it means), a pure
+function. Rate limits are honoured: a 403/429 carrying ``x-ratelimit-remaining: 0``,
+``retry-after`` or GitHub's secondary-limit message raises :class:`RateLimited` (a transient
+error the pass does not retry: it is waited out), and until the wait has elapsed every
+``fetch()`` raises it again without sending anything. 401, a 403 that is not a rate limit and
+404 are configuration problems (:class:`ConfigError`, naming the token, repository or path),
+not an outage.
+
+Trust: with ``[trust] require_signed_commits`` the head's ``commit.verification`` is asked
+for. Without ``allowed_signers_file`` GitHub's own verdict is taken (true for *any* GitHub
+user's key and for GitHub's web-flow key). With it, the SSH signature and payload GitHub
+returns are verified locally against that file (``ssh-keygen -Y verify``, namespace ``git``),
+the payload must hash to the SHA asked for, and only SSH signatures count.
 
 The token is sent only to the configured API host; requests drops the ``Authorization``
 header on a redirect to another host or port.
@@ -22,19 +32,31 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 from urllib.parse import quote, urlsplit
 
 import requests
 import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from agent.config import AgentConfig
+from agent.desired import MAX_BYTES
 from agent.edges.source import Fetched
-from agent.errors import AgentEnvironmentError, DesiredStateError, SourceUnavailable
+from agent.errors import (
+    AgentEnvironmentError,
+    ConfigError,
+    DesiredStateError,
+    SourceUnavailable,
+    TransientError,
+)
 from agent.log import redact_text
 from agent.secrets import token_from_file
 from agent.state import write_atomic
@@ -42,7 +64,7 @@ from agent.state import write_atomic
 log = structlog.get_logger()
 
 CACHE_FILE = "github-cache.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 API_VERSION = "2022-11-28"
 DEFAULT_API_URL = "https://api.github.com"
 
@@ -68,12 +90,121 @@ DEFAULT_RATE_LIMIT_WAIT = 60.0
 MAX_RATE_LIMIT_WAIT = 3600.0
 
 
-class RateLimited(SourceUnavailable):
-    """The GitHub API asked us to wait; nothing is sent until ``retry_after_seconds`` pass."""
+SSH_SIGNATURE_HEADER = "-----BEGIN SSH SIGNATURE-----"
+
+
+class RateLimited(TransientError):
+    """The GitHub API asked us to wait; nothing is sent until ``retry_after_seconds`` pass.
+
+    Transient, but not a :class:`SourceUnavailable`: the pass's retry policy does not retry
+    it (every retry would be refused locally anyway); the wait is simply waited out."""
 
     def __init__(self, message: str, retry_after_seconds: float) -> None:
         self.retry_after_seconds = retry_after_seconds
         super().__init__(message)
+
+
+# --------------------------------------------------------------------------- classification
+Kind = Literal["ok", "not_modified", "rate_limited", "unauthorized", "forbidden", "not_found",
+               "unprocessable", "empty_repo", "server_error", "unexpected"]
+
+
+@dataclass(frozen=True)
+class Classified:
+    """What one GitHub API answer means."""
+
+    kind: Kind
+    status: int
+    message: str = ""  # GitHub's own "message", redacted and shortened
+    wait_seconds: float | None = None  # rate_limited: how long to send nothing
+    reason: str = ""  # rate_limited: which limit
+
+
+def classify(status: int, headers: Mapping[str, str], body: bytes, *, now: float) -> Classified:
+    """Sort an answer by its cause. Pure: status code, headers, body and the current epoch."""
+    h = {k.lower(): v for k, v in headers.items()}
+    message = _message(body) if status >= 300 else ""
+    if 200 <= status < 300:
+        return Classified("ok", status)
+    if status == 304:
+        return Classified("not_modified", status)
+    if status in (403, 429):
+        wait: float | None = None
+        reason = ""
+        retry_after = h.get("retry-after")
+        if retry_after is not None:
+            try:
+                wait, reason = max(0.0, float(retry_after)), f"retry-after {retry_after}s"
+            except ValueError:
+                wait = None
+        if wait is None and h.get("x-ratelimit-remaining") == "0":
+            try:
+                wait = max(0.0, float(h.get("x-ratelimit-reset", "")) - now) + 1.0
+            except ValueError:
+                wait = DEFAULT_RATE_LIMIT_WAIT
+            limit = h.get("x-ratelimit-limit")
+            reason = "primary rate limit exhausted" + (f" ({limit} requests/hour)" if limit else "")
+        if wait is None and (status == 429 or "rate limit" in message.lower()):
+            wait, reason = DEFAULT_RATE_LIMIT_WAIT, "secondary rate limit"
+        if wait is not None:
+            return Classified("rate_limited", status, message, min(wait, MAX_RATE_LIMIT_WAIT),
+                              reason)
+        return Classified("forbidden", status, message)
+    if status == 401:
+        return Classified("unauthorized", status, message)
+    if status == 404:
+        return Classified("not_found", status, message)
+    if status == 422:
+        return Classified("unprocessable", status, message)
+    if status == 409:
+        return Classified("empty_repo", status, message)
+    if status >= 500:
+        return Classified("server_error", status, message)
+    return Classified("unexpected", status, message)
+
+
+def _message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return ""
+    msg = data.get("message") if isinstance(data, dict) else None
+    return redact_text(str(msg))[:200] if msg else ""
+
+
+# --------------------------------------------------------------------------- persisted cache
+class CacheKey(BaseModel):
+    """What the cached answer depends on: another source or trust policy starts afresh."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_url: str
+    repo: str
+    branch: str
+    path: str
+    require_verified: bool
+    signers: str | None = None  # sha256 of the allowed signers file's contents
+
+
+class SourceCache(BaseModel):
+    """``state_dir/github-cache.json``: the conditional-request cache."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+    version: Literal[2] = 2  # CACHE_VERSION
+    key: CacheKey | None = None
+    etag: str | None = None  # of the last 200 for the head
+    sha: str | None = None  # the head fetched at that ETag
+    content: bytes | None = None  # the file at that head (never untrusted content)
+    trust_error: str | None = None
+    blocked_until: float = 0.0  # epoch before which nothing is sent (rate limit)
+
+    @field_validator("sha")
+    @classmethod
+    def _sha(cls, v: str | None) -> str | None:
+        if v is not None and not _is_sha(v):
+            raise ValueError("not a commit SHA")
+        return v
 
 
 class GitHubSource:
@@ -88,6 +219,7 @@ class GitHubSource:
         token: str | None = None,
         timeout: float = 30.0,
         require_verified: bool = False,
+        allowed_signers_file: Path | None = None,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -97,6 +229,7 @@ class GitHubSource:
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
         self.require_verified = require_verified
+        self.allowed_signers_file = allowed_signers_file if require_verified else None
         self.cache_path = state_dir / CACHE_FILE
         self.requests_made = 0  # HTTP requests sent (benchmarks count them)
         self._token = token
@@ -107,12 +240,16 @@ class GitHubSource:
             "User-Agent": USER_AGENT,
             "X-GitHub-Api-Version": API_VERSION,
         })
-        # the cache: etag of the last 200 for the head, and what was fetched at that head
-        self._etag: str | None = None
-        self._sha: str | None = None
-        self._content: bytes | None = None
-        self._trust_error: str | None = None
-        self._blocked_until = 0.0  # epoch before which nothing is sent (rate limit)
+        self._signers_digest: str | None = None
+        if self.allowed_signers_file is not None:
+            try:
+                self._signers_digest = hashlib.sha256(
+                    self.allowed_signers_file.read_bytes()).hexdigest()
+            except OSError as e:
+                raise ConfigError("trust.allowed_signers_file",
+                                  [f"cannot read {self.allowed_signers_file}: {e.strerror}"]
+                                  ) from None
+        self._cache = SourceCache()
         # (etag, sha) of a head without the file: not asked for again while it stays the head
         self._missing: tuple[str | None, str] | None = None
         self._load_cache()
@@ -132,6 +269,7 @@ class GitHubSource:
             token=token_from_file(src.token_file, "source.token_file"),
             timeout=src.timeout_seconds,
             require_verified=cfg.trust.require_signed_commits,
+            allowed_signers_file=cfg.trust.allowed_signers_file,
             session=session,
             clock=clock,
         )
@@ -145,7 +283,8 @@ class GitHubSource:
 
     # ------------------------------------------------------------------ fetch
     def fetch(self) -> Fetched:
-        wait = self._blocked_until - self._clock()
+        c = self._cache
+        wait = c.blocked_until - self._clock()
         if wait > 0:
             raise RateLimited(self._rate_limited_message(wait), retry_after_seconds=wait)
 
@@ -153,16 +292,16 @@ class GitHubSource:
         if self._missing is not None and self._missing[0] is not None:
             # the head had no file: ask whether it is still that head
             headers["If-None-Match"] = self._missing[0]
-        elif self._etag is not None and self._sha is not None and self._content is not None:
-            headers["If-None-Match"] = self._etag
-        resp = self._get(self._repo_url(f"commits/{quote(self.branch, safe='/')}"), headers,
-                         what=f"the head of branch {self.branch!r}")
-        if resp.status_code == 304 and "If-None-Match" in headers:
+        elif c.etag is not None and c.sha is not None and c.content is not None:
+            headers["If-None-Match"] = c.etag
+        resp, got = self._get(self._repo_url(f"commits/{quote(self.branch, safe='/')}"),
+                              headers, what=f"the head of branch {self.branch!r}")
+        if got.kind == "not_modified" and "If-None-Match" in headers:
             if self._missing is not None:
                 raise self._no_file(self._missing[1])
             return self._cached()
-        if resp.status_code != 200:
-            raise self._error(resp, what="head")
+        if got.kind != "ok":
+            raise self._error(got, what="head")
         sha = resp.text.strip()
         if not _is_sha(sha):
             raise SourceUnavailable(
@@ -176,56 +315,116 @@ class GitHubSource:
             self._missing = (etag, sha)
             raise self._no_file(sha)
         self._missing = None
-        if sha == self._sha and self._content is not None:
+        if sha == c.sha and c.content is not None:
             # the ETag changed but the head did not: nothing more to fetch
-            if etag != self._etag:
-                self._etag = etag
+            if etag != c.etag:
+                c.etag = etag
                 self._save_cache()
             return self._cached()
 
         trust_error = self._check_verified(sha) if self.require_verified else None
-        try:
-            content = self._fetch_content(sha)
-        except DesiredStateError:
-            self._missing = (etag, sha)  # one conditional request per poll while it stays
-            raise
-        self._etag, self._sha, self._content, self._trust_error = etag, sha, content, trust_error
+        if trust_error is not None:
+            content = b""  # untrusted content is neither read nor cached
+        else:
+            try:
+                content = self._fetch_content(sha)
+            except DesiredStateError:
+                self._missing = (etag, sha)  # one conditional request per poll while it stays
+                raise
+        c.etag, c.sha, c.content, c.trust_error = etag, sha, content, trust_error
         self._save_cache()
         return self._cached()
 
     def _cached(self) -> Fetched:
-        assert self._sha is not None and self._content is not None
-        return Fetched(revision=self._sha, content=self._content, path=self.path,
-                       trust_error=self._trust_error)
+        c = self._cache
+        assert c.sha is not None and c.content is not None
+        return Fetched(revision=c.sha, content=c.content, path=self.path,
+                       trust_error=c.trust_error)
 
+    # ------------------------------------------------------------------ trust
     def _check_verified(self, sha: str) -> str | None:
-        resp = self._get(self._repo_url(f"commits/{sha}"),
-                         {"Accept": "application/vnd.github+json"},
-                         what=f"commit {sha[:12]}")
-        if resp.status_code != 200:
-            raise self._error(resp, what="commit")
+        resp, got = self._get(self._repo_url(f"commits/{sha}"),
+                              {"Accept": "application/vnd.github+json"},
+                              what=f"commit {sha[:12]}")
+        if got.kind != "ok":
+            raise self._error(got, what="commit")
         try:
-            verification = resp.json()["commit"]["verification"]
+            data = resp.json()
+            answered = data["sha"]
+            verification = data["commit"]["verification"]
             verified = verification.get("verified") is True
             reason = str(verification.get("reason") or "unknown")
+            signature = verification.get("signature")
+            payload = verification.get("payload")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise SourceUnavailable(
                 f"GitHub API {self._host} answered commit {sha[:12]} of {self.repo} "
                 "without commit.verification"
             ) from None
-        if verified:
-            return None
-        return f"commit {sha[:12]} is not verified by GitHub (reason: {reason})"
+        if answered != sha:
+            return (f"GitHub API {self._host} answered commit {str(answered)[:12]!r} when "
+                    f"asked for {sha[:12]}; refusing it")
+        if self.allowed_signers_file is None:
+            if verified:
+                return None
+            return f"commit {sha[:12]} is not verified by GitHub (reason: {reason})"
+        return verify_ssh_signature(sha, signature, payload, self.allowed_signers_file)
 
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        """Whether ``ancestor`` is ``descendant`` or one of its ancestors (compare API)."""
+        if ancestor == descendant:
+            return True
+        resp, got = self._get(
+            self._repo_url(f"compare/{quote(ancestor, safe='')}...{quote(descendant, safe='')}"),
+            {"Accept": "application/vnd.github+json"},
+            what=f"the comparison of {ancestor[:12]} with {descendant[:12]}",
+            params={"per_page": "1"},
+        )
+        if got.kind == "not_found":
+            return False  # a commit GitHub no longer knows is nobody's ancestor
+        if got.kind != "ok":
+            raise self._error(got, what="compare")
+        try:
+            status = resp.json()["status"]
+        except (ValueError, KeyError, TypeError):
+            status = None
+        if status not in ("ahead", "identical", "behind", "diverged"):
+            raise SourceUnavailable(
+                f"GitHub API {self._host} compared {ancestor[:12]} with {descendant[:12]} "
+                f"of {self.repo} without a known status ({str(status)[:40]!r})")
+        return status in ("ahead", "identical")
+
+    # ------------------------------------------------------------------ contents
     def _fetch_content(self, sha: str) -> bytes:
+        """The file at ``sha``, refused from the ``size`` GitHub reports before it is decoded."""
         url = self._repo_url(f"contents/{quote(self.path, safe='/')}")
-        resp = self._get(url, {"Accept": "application/vnd.github.raw"},
-                         what=f"{self.path} at {sha[:12]}", params={"ref": sha})
-        if resp.status_code == 404:
+        where = f"{self.path}@{sha[:12]}"
+        resp, got = self._get(url, {"Accept": "application/vnd.github+json"},
+                              what=f"{self.path} at {sha[:12]}", params={"ref": sha})
+        if got.kind == "not_found":
             raise self._no_file(sha)
-        if resp.status_code != 200:
-            raise self._error(resp, what="contents")
-        return resp.content
+        if got.kind != "ok":
+            raise self._error(got, what="contents")
+        try:
+            data = resp.json()
+            kind, size = data.get("type"), data.get("size")
+        except (ValueError, AttributeError):
+            raise SourceUnavailable(f"GitHub API {self._host} answered {where} of {self.repo} "
+                                    "with something other than a contents object") from None
+        if kind != "file":
+            raise DesiredStateError(where, [f"{self.path!r} is a {kind}, not a file"])
+        if not isinstance(size, int) or size > MAX_BYTES:
+            raise DesiredStateError(where, [
+                f"{self.path!r} is larger than the limit of {MAX_BYTES} bytes ({size} bytes); "
+                "refused unread"])
+        try:
+            content = base64.b64decode(str(data.get("content") or ""))
+        except (binascii.Error, ValueError):
+            content = None
+        if content is None or data.get("encoding") != "base64" or len(content) != size:
+            raise SourceUnavailable(f"GitHub API {self._host} answered {where} of {self.repo} "
+                                    f"with content that does not match its size ({size})")
+        return content
 
     def _no_file(self, sha: str) -> DesiredStateError:
         return DesiredStateError(
@@ -239,7 +438,7 @@ class GitHubSource:
     def _get(
         self, url: str, headers: Mapping[str, str], *, what: str,
         params: Mapping[str, str] | None = None,
-    ) -> requests.Response:
+    ) -> tuple[requests.Response, Classified]:
         h = dict(headers)
         if self._token is not None:
             # Only ever to the configured API URL; requests strips it on a redirect to
@@ -258,46 +457,22 @@ class GitHubSource:
                 f"GitHub API {self._host} unreachable ({what} of {self.repo}): "
                 f"{redact_text(_short(e))}"
             ) from None
-        if resp.status_code in (403, 429):
-            self._maybe_rate_limited(resp)
-        return resp
-
-    def _maybe_rate_limited(self, resp: requests.Response) -> None:
         now = self._clock()
-        h = resp.headers
-        wait: float | None = None
-        reason = ""
-        retry_after = h.get("retry-after")
-        if retry_after is not None:
-            try:
-                wait = max(0.0, float(retry_after))
-                reason = f"retry-after {retry_after}s"
-            except ValueError:
-                wait = None
-        if wait is None and h.get("x-ratelimit-remaining") == "0":
-            try:
-                reset = float(h.get("x-ratelimit-reset", ""))
-                wait = max(0.0, reset - now) + 1.0  # the reset second itself
-            except ValueError:
-                wait = DEFAULT_RATE_LIMIT_WAIT
-            limit = h.get("x-ratelimit-limit")
-            reason = "primary rate limit exhausted" + (f" ({limit} requests/hour)" if limit else "")
-        if wait is None and (resp.status_code == 429 or "rate limit" in resp.text.lower()):
-            wait = DEFAULT_RATE_LIMIT_WAIT
-            reason = "secondary rate limit"
-        if wait is None:
-            return  # a plain 403: a permission problem, reported by _error
-        wait = min(wait, MAX_RATE_LIMIT_WAIT)
-        self._blocked_until = now + wait
-        self._save_cache()
-        log.warning(
-            "agent.source.rate_limited",
-            source=self.describe(),
-            status=resp.status_code,
-            wait_seconds=round(wait, 1),
-            reason=reason,
-        )
-        raise RateLimited(self._rate_limited_message(wait, reason), retry_after_seconds=wait)
+        got = classify(resp.status_code, resp.headers, resp.content, now=now)
+        if got.kind == "rate_limited":
+            assert got.wait_seconds is not None
+            self._cache.blocked_until = now + got.wait_seconds
+            self._save_cache()
+            log.warning(
+                "agent.source.rate_limited",
+                source=self.describe(),
+                status=resp.status_code,
+                wait_seconds=round(got.wait_seconds, 1),
+                reason=got.reason,
+            )
+            raise RateLimited(self._rate_limited_message(got.wait_seconds, got.reason),
+                              retry_after_seconds=got.wait_seconds)
+        return resp, got
 
     def _rate_limited_message(self, wait: float, reason: str = "") -> str:
         why = f" ({reason})" if reason else ""
@@ -306,41 +481,39 @@ class GitHubSource:
             f"not asking again for {wait:.0f}s"
         )
 
-    def _error(self, resp: requests.Response, *, what: str) -> SourceUnavailable:
-        status = resp.status_code
-        msg = _github_message(resp)
-        said = f" ({status} {msg})" if msg else f" ({status})"
+    def _error(self, got: Classified, *, what: str) -> ConfigError | SourceUnavailable:
+        status = got.status
+        said = f" ({status} {got.message})" if got.message else f" ({status})"
         repo, branch = self.repo, self.branch
-        if status == 401:
+        if got.kind == "unauthorized":
             if self._token is None:
                 fix = "set source.token_file to a file holding a token that can read it"
             else:
                 fix = ("the token in source.token_file is invalid or expired; "
                        "replace it with a valid token")
-            return SourceUnavailable(f"GitHub API {self._host} refused access to {repo}{said}: {fix}")
-        if status == 403:
-            return SourceUnavailable(
+            return ConfigError("source.token_file", [
+                f"GitHub API {self._host} refused access to {repo}{said}: {fix}"])
+        if got.kind == "forbidden":
+            return ConfigError("source.token_file", [
                 f"GitHub API {self._host} forbids reading {repo}{said}: give the token in "
                 "source.token_file read access to the repository's contents "
                 "(fine-grained: 'Contents: read'; classic: 'repo' scope), and authorize it "
-                "for the organisation's SSO if it uses SSO"
-            )
-        if status == 404:
+                "for the organisation's SSO if it uses SSO"])
+        if got.kind == "not_found":
             auth = ("or the token in source.token_file cannot see it"
                     if self._token is not None
                     else "or it is private and needs source.token_file")
-            return SourceUnavailable(
+            return ConfigError("source.repo", [
                 f"GitHub repository {repo} not found at {self.api_url}{said}: check "
-                f"source.repo (\"owner/name\") and source.api_url, {auth}"
-            )
-        if status == 422 and what == "head":
+                f"source.repo (\"owner/name\") and source.api_url, {auth}"])
+        if got.kind == "unprocessable" and what == "head":
             return SourceUnavailable(
                 f"branch {branch!r} not found in GitHub repository {repo}{said}: "
                 "check source.branch"
             )
-        if status == 409:
+        if got.kind == "empty_repo":
             return SourceUnavailable(f"GitHub repository {repo} is empty{said}")
-        if status >= 500:
+        if got.kind == "server_error":
             return SourceUnavailable(
                 f"GitHub API {self._host} answered {status} for {repo}@{branch}; "
                 "retrying later"
@@ -350,9 +523,10 @@ class GitHubSource:
         )
 
     # ------------------------------------------------------------------ persisted cache
-    def _cache_key(self) -> dict[str, Any]:
-        return {"api_url": self.api_url, "repo": self.repo, "branch": self.branch,
-                "path": self.path, "require_verified": self.require_verified}
+    def _cache_key(self) -> CacheKey:
+        return CacheKey(api_url=self.api_url, repo=self.repo, branch=self.branch,
+                        path=self.path, require_verified=self.require_verified,
+                        signers=self._signers_digest)
 
     def _load_cache(self) -> None:
         try:
@@ -364,62 +538,95 @@ class GitHubSource:
                         error=e.strerror)
             return
         try:
-            data = json.loads(raw)
-            if data.get("version") != CACHE_VERSION:
-                return
-            self._blocked_until = float(data.get("blocked_until", 0.0))
-            if data.get("key") != self._cache_key():
-                return  # the source changed: start afresh (one unconditional request)
-            etag, sha, content_b64 = data["etag"], data["sha"], data["content"]
-            trust_error = data.get("trust_error")
-            if (
-                not (etag is None or isinstance(etag, str))
-                or not isinstance(sha, str) or not _is_sha(sha)
-                or not isinstance(content_b64, str)
-                or not (trust_error is None or isinstance(trust_error, str))
-            ):
-                raise ValueError("bad types")
-            content = base64.b64decode(content_b64, validate=True)
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            loaded = SourceCache.model_validate_json(raw)
+        except ValidationError:
             log.warning("agent.source.cache_ignored", path=str(self.cache_path),
                         reason="not a valid GitHub source cache")
-            self._blocked_until = 0.0
             return
-        self._etag, self._sha, self._content = etag, sha, content
-        self._trust_error = trust_error
+        # a stored wait is capped when loaded: a clock stepped back must not park the agent
+        blocked = min(loaded.blocked_until, self._clock() + MAX_RATE_LIMIT_WAIT)
+        if loaded.key != self._cache_key() or loaded.sha is None or loaded.content is None:
+            # the source changed, or nothing was fetched yet: keep only the wait
+            self._cache = SourceCache(blocked_until=blocked)
+        else:
+            self._cache = loaded.model_copy(update={"blocked_until": blocked})
+        if blocked != loaded.blocked_until:
+            log.warning("agent.source.rate_limit_wait_capped", path=str(self.cache_path),
+                        wait_seconds=MAX_RATE_LIMIT_WAIT)
+            self._save_cache()  # the capped wait is what the next start finds
 
     def _save_cache(self) -> None:
-        data = {
-            "version": CACHE_VERSION,
-            "key": self._cache_key(),
-            "etag": self._etag,
-            "sha": self._sha,
-            "content": base64.b64encode(self._content).decode() if self._content is not None else None,
-            "trust_error": self._trust_error,
-            "blocked_until": self._blocked_until,
-        }
-        if self._sha is None or self._content is None:
+        c = self._cache
+        if c.sha is None or c.content is None:
             # nothing fetched yet: keep only the rate-limit wait
-            data.update(key=None, etag=None, sha=None, content=None)
+            data = SourceCache(blocked_until=c.blocked_until)
+        else:
+            data = c.model_copy(update={"key": self._cache_key()})
         try:
-            write_atomic(self.cache_path, json.dumps(data, indent=1).encode() + b"\n", mode=0o600)
+            write_atomic(self.cache_path, data.model_dump_json(indent=1).encode() + b"\n",
+                         mode=0o600)
         except AgentEnvironmentError as e:
             # The in-memory cache still works; the record itself is checked elsewhere.
             log.warning("agent.source.cache_write_failed", path=str(self.cache_path),
                         error=str(e))
 
 
+# --------------------------------------------------------------------------- signatures
+def verify_ssh_signature(sha: str, signature: object, payload: object,
+                         allowed_signers_file: Path) -> str | None:
+    """Verify the signature GitHub returns for commit ``sha`` against the allowed signers file,
+    as ``git verify-commit`` would. None when good, else why not."""
+    if not isinstance(signature, str) or not signature.strip() or not isinstance(payload, str):
+        return f"commit {sha[:12]} is not signed"
+    if not signature.lstrip().startswith(SSH_SIGNATURE_HEADER):
+        return (f"commit {sha[:12]} does not carry an SSH signature; only SSH signatures by "
+                "a key in trust.allowed_signers_file are accepted")
+    if commit_sha(payload, signature, len(sha)) != sha:
+        return (f"the signed payload GitHub returned for commit {sha[:12]} is not that "
+                "commit; refusing it")
+    with tempfile.TemporaryDirectory(prefix="gitops-agent-sig-") as tmp:
+        sig = Path(tmp) / "commit.sig"
+        sig.write_text(signature if signature.endswith("\n") else signature + "\n")
+        found = _ssh_keygen(["-Y", "find-principals", "-f", str(allowed_signers_file),
+                             "-s", str(sig)], b"")
+        principals = found.stdout.decode(errors="replace").split()
+        if found.returncode != 0 or not principals:
+            return (f"commit {sha[:12]} has no valid signature from an allowed signer: "
+                    "its key is not in trust.allowed_signers_file")
+        for principal in principals:
+            ok = _ssh_keygen(["-Y", "verify", "-f", str(allowed_signers_file), "-I", principal,
+                              "-n", "git", "-s", str(sig)], payload.encode())
+            if ok.returncode == 0:
+                return None
+        err = ok.stderr.decode(errors="replace").strip()
+        tail = err.splitlines()[-1] if err else f"ssh-keygen exited {ok.returncode}"
+        return f"commit {sha[:12]} has no valid signature from an allowed signer: {tail}"
+
+
+def _ssh_keygen(args: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(["ssh-keygen", *args], input=stdin, capture_output=True,
+                              timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise AgentEnvironmentError(f"cannot run ssh-keygen to verify a signature: {e}") from None
+
+
+def commit_sha(payload: str, signature: str, sha_len: int = 40) -> str:
+    """The SHA of the commit whose unsigned form is ``payload`` and whose signature header
+    holds ``signature`` (git appends ``gpgsig`` as the last header)."""
+    head, sep, message = payload.partition("\n\n")
+    lines = signature.rstrip("\n").split("\n")
+    name = "gpgsig" if sha_len == 40 else "gpgsig-sha256"
+    header = f"{name} " + "\n ".join(lines)
+    body = (head + "\n" + header + "\n" + sep[1:] + message if sep else
+            payload.rstrip("\n") + "\n" + header + "\n")
+    raw = body.encode()
+    algo = hashlib.sha1 if sha_len == 40 else hashlib.sha256  # noqa: S324 - git's object id
+    return algo(b"commit %d\0" % len(raw) + raw).hexdigest()
+
+
 def _is_sha(s: str) -> bool:
     return len(s) in (40, 64) and all(c in "0123456789abcdef" for c in s)
-
-
-def _github_message(resp: requests.Response) -> str:
-    try:
-        data = resp.json()
-    except ValueError:
-        return ""
-    msg = data.get("message") if isinstance(data, dict) else None
-    return redact_text(str(msg))[:200] if msg else ""
 
 
 def _short(e: BaseException) -> str:
@@ -427,4 +634,5 @@ def _short(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:300] + "..."
 
 
-__all__ = ["CACHE_FILE", "USER_AGENT", "GitHubSource", "RateLimited"]
+__all__ = ["CACHE_FILE", "USER_AGENT", "Classified", "GitHubSource", "RateLimited",
+           "SourceCache", "classify", "commit_sha", "verify_ssh_signature"]

@@ -67,3 +67,75 @@ def test_github_outage_exits_3_and_touches_nothing(harness):
         assert r.summary()["outcome"] == "error"
         assert r.find("agent.fetch.retry_scheduled")
         assert harness.container_ids() == before
+
+
+def _sign_with_git(harness, tmp_path):
+    """Real SSH-signed commits made by git, served the way GitHub's verification does."""
+    import subprocess
+
+    from github_server import signed_from_git
+
+    key = tmp_path / "allowed"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(f"ci@example.test {(tmp_path / 'allowed.pub').read_text().strip()}\n")
+    with harness.project.config_path.open("a") as f:
+        f.write(f'\n[trust]\nrequire_signed_commits = true\nallowed_signers_file = "{signers}"\n')
+    repo = rig.GitRepo(tmp_path / "signing").init()
+
+    def commit(gh, text, **kw):
+        repo.commit_file("desired-state.yml", text, "deploy", key)
+        sha, sig, payload = signed_from_git(repo.work)
+        return gh.commit({"desired-state.yml": text}, sha=sha, signature=sig, payload=payload,
+                         **kw)
+
+    return commit
+
+
+def test_github_rewind_to_an_older_signed_commit_is_refused_via_the_compare_api(harness,
+                                                                             tmp_path):
+    commit = _sign_with_git(harness, tmp_path)
+    with FakeGitHub() as gh:
+        _use_github(harness, gh)
+        one = commit(gh, _desired(harness, "web-v1"))
+        assert harness.sync().code == 0
+        two = commit(gh, _desired(harness, "web-v2"))
+        assert harness.sync().code == 0
+        before = harness.container_ids()
+        gh.set_head(one)
+        gh.clear_log()
+        r = harness.sync()
+        assert r.code == 2, r.summary()
+        assert one in r.summary()["reason"] and two in r.summary()["reason"]
+        assert harness.container_ids() == before and harness.serve("web") == "web v2"
+        assert any(q.path == f"/repos/acme/shop/compare/{two}...{one}" for q in gh.logged())
+        assert harness.sync("--force").code == 0
+        assert harness.serve("web") == "web v1"
+
+
+def test_github_bad_token_is_a_config_error_exit_2_not_retried(harness, tmp_path):
+    tf = tmp_path / "token"
+    tf.write_text("ghp_wrongTokenWrongTokenWrong")
+    tf.chmod(0o600)
+    with FakeGitHub(token="ghp_theRightOne") as gh:
+        gh.commit({"desired-state.yml": _desired(harness, "web-v1")})
+        _use_github(harness, gh, tf)
+        r = harness.sync()
+        assert r.code == 2
+        assert "source.token_file" in r.summary()["reason"]
+        assert not r.find("agent.fetch.retry_scheduled")
+        assert gh.request_count == 1
+        assert harness.containers("web") == []
+
+
+def test_github_rate_limit_is_waited_out_once_without_retry_noise(harness):
+    with FakeGitHub() as gh:
+        gh.commit({"desired-state.yml": _desired(harness, "web-v1")})
+        _use_github(harness, gh)
+        gh.rate_limit(status=429, seconds=600)
+        r = harness.sync()
+        assert r.code == 3
+        assert len(r.find("agent.source.rate_limited")) == 1
+        assert not r.find("agent.fetch.retry_scheduled")
+        r = harness.sync()  # still waiting: nothing is sent
+        assert r.code == 3 and gh.request_count == 1

@@ -114,3 +114,31 @@ def test_password_file_readable_by_others_is_refused(harness, auth_registry):
     assert f"chmod 600 {pw}" in p.stderr
     assert SECRET not in p.stderr
     assert harness.containers("web") == []
+
+
+def test_password_file_through_a_symlink_is_refused(harness, auth_registry):
+    reg, digest = auth_registry
+    pw = _add_credentials(harness, reg.host, SECRET)
+    real = pw.with_name("real-password")
+    pw.rename(real)
+    pw.symlink_to(real)
+    _release_private(harness, reg, digest)
+    p = harness.cli_subprocess("sync")
+    assert p.returncode == 2, p.stderr
+    assert f"{pw} is a symlink" in p.stderr
+    assert SECRET not in p.stderr
+    assert harness.containers("web") == []
+
+
+def test_repo_url_with_a_token_in_it_is_refused_before_anything_runs(harness):
+    cfg = harness.project.config_path
+    origin = str(harness.project.repo.origin)
+    cfg.write_text(cfg.read_text().replace(
+        f'repo = "{origin}"', f'repo = "https://bot:{SECRET}@git.example.com/shop.git"'))
+    harness.release(web="web-v1", api="api-v1")
+    p = harness.cli_subprocess("sync")
+    assert p.returncode == 2, p.stderr
+    assert "At 'source.repo': the URL carries credentials" in p.stderr
+    assert SECRET not in p.stderr
+    assert harness.containers("web") == []
+    assert not (harness.project.state_dir / "state.json").exists()

@@ -72,3 +72,99 @@ def test_image_outside_the_allowlist_is_refused(harness):
     assert "At 'services.web.image'" in r.summary()["reason"]
     assert "outside the allowlist" in r.summary()["reason"]
     assert harness.containers("web") == []
+
+
+# ---------------------------------------------------------------------------- no replay
+def _force_push(h, rev):
+    rig.git("push", "--quiet", "--force", "origin", f"{rev}:main", cwd=h.project.repo.work)
+
+
+def _two_signed_releases(h):
+    one = h.commit(_desired(h, "web-v1"), signing_key=h.allowed_key)
+    assert h.sync().code == 0
+    two = h.commit(_desired(h, "web-v2"), signing_key=h.allowed_key)
+    assert h.sync().code == 0
+    assert h.serve("web") == "web v2"
+    return one, two
+
+
+def _assert_refused(h, r, rev, last, how):
+    assert r.code == 2, r.summary()
+    s = r.summary()
+    assert s["outcome"] == "invalid" and s["revision"] == rev
+    assert rev in s["reason"] and last in s["reason"] and how in s["reason"]
+    newest = h.state()["history"][0]
+    assert newest["outcome"] == "invalid" and how in newest["reason"]
+    assert h.state()["last_applied"]["revision"] == last
+    p = h.cli_subprocess("status")
+    assert how in p.stdout, p.stdout
+
+
+def test_branch_moved_back_to_an_older_signed_commit_is_refused_until_forced(signed_harness):
+    h = signed_harness
+    one, two = _two_signed_releases(h)
+    before = h.container_ids()
+    _force_push(h, one)  # a replay: validly signed, but older than what runs
+    r = h.sync()
+    _assert_refused(h, r, one, two, "moved back")
+    assert h.container_ids() == before and h.serve("web") == "web v2"
+
+    r = h.sync("--force")
+    assert r.code == 0, r.summary()
+    (e,) = r.find("agent.trust.rewind_accepted")
+    assert (e["revision"], e["last_applied"], e["why"]) == (one, two, "sync --force")
+    assert h.serve("web") == "web v1"
+
+
+def test_branch_moved_sideways_to_a_never_merged_signed_commit_is_refused(signed_harness):
+    h = signed_harness
+    one, two = _two_signed_releases(h)
+    before = h.container_ids()
+    work = h.project.repo.work
+    rig.git("checkout", "--quiet", "-b", "unreviewed", one, cwd=work)
+    side = h.commit(_desired(h, "web-v1"), "never merged", signing_key=h.allowed_key)
+    r = h.sync()  # commit pushed it to main: the branch moved sideways
+    _assert_refused(h, r, side, two, "moved sideways")
+    assert h.container_ids() == before
+
+
+def test_allow_rewind_accepts_a_rewind_and_logs_it(signed_harness):
+    h = signed_harness
+    with h.project.config_path.open("a") as f:
+        f.write("allow_rewind = true\n")
+    one, two = _two_signed_releases(h)
+    _force_push(h, one)
+    r = h.sync()
+    assert r.code == 0, r.summary()
+    (e,) = r.find("agent.trust.rewind_accepted")
+    assert e["why"] == "trust.allow_rewind" and e["backwards"] is True
+    assert h.serve("web") == "web v1"
+
+
+def test_without_signed_commits_a_force_push_is_still_followed_and_logged(harness):
+    h = harness
+    one = h.release(web="web-v1", api="api-v1")
+    assert h.sync().code == 0
+    h.release(web="web-v2", api="api-v1")
+    assert h.sync().code == 0
+    _force_push(h, one)
+    r = h.sync()
+    assert r.code == 0, r.summary()
+    assert r.find("agent.fetch.revision_went_backwards")
+    assert h.serve("web") == "web v1"
+
+
+def test_desired_state_over_the_size_limit_is_refused_and_nothing_is_touched(harness):
+    from agent.desired import MAX_BYTES
+
+    h = harness
+    h.release(web="web-v1", api="api-v1")
+    assert h.sync().code == 0
+    before = h.container_ids()
+    cache = h.project.state_dir / "desired-state.cache.yml"
+    cached = cache.read_bytes()
+    h.commit(_desired(h, "web-v2") + "#" * MAX_BYTES)
+    r = h.sync()
+    assert r.code == 2 and "larger than the limit" in r.summary()["reason"]
+    assert h.container_ids() == before
+    assert cache.read_bytes() == cached

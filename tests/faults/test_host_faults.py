@@ -93,7 +93,7 @@ def test_state_dir_full_refuses_to_act_exit_4(harness):
     h = harness
     sd = h.project.state_dir
     sd.mkdir(parents=True)
-    with _mounted(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(sd)], target=sd):
+    with _mounted(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0750", "tmpfs", str(sd)], target=sd):
         h.release(web="web-v1", api="api-v1")
         assert h.sync().code == 0
         from faultkit import write_marker
@@ -158,6 +158,98 @@ def test_compose_file_broken_by_hand_exits_2_names_the_file_touches_nothing(depl
     assert h.state()["last_attempted"]["outcome"] == "invalid"
     assert line
     compose.write_text(good)  # fixed: the release lands
+    r = h.sync()
+    assert r.code == 0, r.summary()
+    assert_released_set(h, digests(h, web="web-v2", api="api-v2"))
+    assert_marker(h, marker)
+
+
+# --------------------------------------------------------------------------- compose binary
+
+
+def test_compose_binary_missing_exits_4_names_it_touches_nothing(deployed):
+    h, marker = deployed
+    h.release(web="web-v2", api="api-v2")
+    before = h.container_ids()
+    missing = h.project.root / "no-such-dir" / "docker-compose"
+    p = h.cli_subprocess("sync", env={"GITOPS_AGENT_COMPOSE": str(missing)})
+    assert p.returncode == 4, p.stderr
+    line = one_line(p.stderr.strip().splitlines()[-1])
+    assert f"the compose command '{missing}' cannot be run (command not found)" in line
+    assert "invalid" not in line
+    assert h.container_ids() == before
+    assert h.state()["failed_revisions"] == {}  # the host's fault: the revision is not failed
+    r = h.sync()  # compose is back: the release lands
+    assert r.code == 0, r.summary()
+    assert_released_set(h, digests(h, web="web-v2", api="api-v2"))
+    assert_marker(h, marker)
+
+
+# --------------------------------------------------------------------------- hostile state_dir
+
+
+def test_lock_file_symlinked_elsewhere_refuses_exit_4_and_leaves_the_target_alone(deployed):
+    h, marker = deployed
+    h.release(web="web-v2", api="api-v2")
+    before = h.container_ids()
+    victim = h.project.root / "victim"
+    victim.write_text("precious\n")
+    lock = h.project.state_dir / "agent.lock"
+    lock.unlink()
+    lock.symlink_to(victim)
+    p = h.cli_subprocess("sync")
+    assert p.returncode == 4, p.stderr
+    line = one_line(p.stderr.strip().splitlines()[-1])
+    assert f"lock file {lock} is a symlink" in line
+    assert victim.read_text() == "precious\n"
+    assert h.container_ids() == before
+    lock.unlink()
+    r = h.sync()
+    assert r.code == 0, r.summary()
+    assert_released_set(h, digests(h, web="web-v2", api="api-v2"))
+    assert_marker(h, marker)
+
+
+def test_compose_override_symlinked_elsewhere_is_replaced_never_written_through(deployed):
+    h, marker = deployed
+    override = h.project.state_dir / "compose.override.gitops-agent.json"
+    assert override.is_file()
+    victim = h.project.root / "victim.yml"
+    victim.write_text("precious\n")
+    override.unlink()
+    override.symlink_to(victim)
+    h.release(web="web-v2", api="api-v2")
+    r = h.sync()
+    assert r.code == 0, r.summary()
+    assert victim.read_text() == "precious\n"
+    assert not override.is_symlink() and digests(h, web="web-v2")["web"] in override.read_text()
+    assert_released_set(h, digests(h, web="web-v2", api="api-v2"))
+    assert_marker(h, marker)
+
+
+@pytest.mark.parametrize("hostile", ["group-writable", "owned-by-nobody"])
+def test_state_dir_others_could_change_refuses_exit_4_touches_nothing(deployed, hostile):
+    import os
+
+    h, marker = deployed
+    h.release(web="web-v2", api="api-v2")
+    before = h.container_ids()
+    d = h.project.state_dir
+    if hostile == "group-writable":
+        d.chmod(0o770)
+        expected = f"state_dir {d} is writable by group or others (mode 0770)"
+    else:
+        os.chown(d, 65534, 65534)
+        expected = f"state_dir {d} is owned by uid 65534, not by the agent's user"
+    try:
+        p = h.cli_subprocess("sync")
+        assert p.returncode == 4, p.stderr
+        line = one_line(p.stderr.strip().splitlines()[-1])
+        assert expected in line, p.stderr
+        assert h.container_ids() == before
+    finally:
+        d.chmod(0o750)
+        os.chown(d, os.geteuid(), os.getegid())
     r = h.sync()
     assert r.code == 0, r.summary()
     assert_released_set(h, digests(h, web="web-v2", api="api-v2"))

@@ -10,14 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.bump import (
-    BumpRefused,
-    BumpUsageError,
-    Change,
-    bump_file,
-    bump_text,
-    changes_from_items,
-)
+from agent.bump import BumpRefused, BumpUsageError, DigestBump, bump_text
+from agent.bump_cli import bump_file, changes_from_items
 from agent.cli import main
 from agent.desired import parse_desired_state
 from agent.errors import DesiredStateError
@@ -61,7 +55,7 @@ def _run_cli(*argv: str) -> int:
 
 # --------------------------------------------------------------------------- editing
 def test_bump_changes_only_the_digest_line_and_keeps_comments_order_quotes() -> None:
-    new, messages = bump_text(ORIGINAL, [Change("api", B, tag="sha-2222222")])
+    new, messages = bump_text(ORIGINAL, [DigestBump("api", B, tag="sha-2222222")])
     expected = ORIGINAL.replace(
         f"digest: {A}  # written by CI", f"digest: {B}  # written by CI"
     ).replace("tag: sha-1111111", "tag: sha-2222222")
@@ -73,7 +67,7 @@ def test_bump_changes_only_the_digest_line_and_keeps_comments_order_quotes() -> 
 
 def test_bump_keeps_a_four_space_indent_and_document_start() -> None:
     text = f"---\n# c\nversion: 1\nservices:\n    web:\n        image: r.example/web\n        digest: {A}\n"
-    new, _ = bump_text(text, [Change("web", B)])
+    new, _ = bump_text(text, [DigestBump("web", B)])
     assert new == text.replace(A, B)
 
 
@@ -91,7 +85,7 @@ services:
     image: r.example/web
     digest: {A}
 """
-    new, messages = bump_text(text, [Change("api", B)])
+    new, messages = bump_text(text, [DigestBump("api", B)])
     assert new == text.replace(f"digest: {A}\n    tag: sha-1111111  # CI\n", f"digest: {B}\n")
     assert "tag sha-1111111 removed" in messages[0]
     assert parse_desired_state(new.encode()).services["api"].tag is None
@@ -99,7 +93,7 @@ services:
 
 def test_bump_adds_a_tag_right_after_the_digest_when_there_was_none() -> None:
     text = f"version: 1\nservices:\n  web:\n    image: r.example/web\n    digest: {A}\n    update: stop-first\n"
-    new, _ = bump_text(text, [Change("web", B, tag="v2")])
+    new, _ = bump_text(text, [DigestBump("web", B, tag="v2")])
     assert new == (
         f"version: 1\nservices:\n  web:\n    image: r.example/web\n    digest: {B}\n"
         "    tag: v2\n    update: stop-first\n"
@@ -107,13 +101,13 @@ def test_bump_adds_a_tag_right_after_the_digest_when_there_was_none() -> None:
 
 
 def test_bump_edits_a_flow_style_service_in_place() -> None:
-    new, _ = bump_text(ORIGINAL, [Change("worker", B)])
+    new, _ = bump_text(ORIGINAL, [DigestBump("worker", B)])
     assert f"  worker: {{image: ghcr.io/acme/shop/worker, digest: {B}}}\n" in new
     assert new.replace(B, A) == ORIGINAL
 
 
 def test_bump_of_several_services_in_one_call_applies_all() -> None:
-    new, messages = bump_text(ORIGINAL, [Change("api", B), Change("worker", C)])
+    new, messages = bump_text(ORIGINAL, [DigestBump("api", B), DigestBump("worker", C)])
     state = parse_desired_state(new.encode())
     assert state.services["api"].digest == B
     assert state.services["worker"].digest == C
@@ -123,7 +117,7 @@ def test_bump_of_several_services_in_one_call_applies_all() -> None:
 
 def test_unknown_service_with_image_is_appended_in_block_style() -> None:
     new, messages = bump_text(
-        ORIGINAL, [Change("billing", C, tag="v1", image="ghcr.io/acme/shop/billing")]
+        ORIGINAL, [DigestBump("billing", C, tag="v1", image="ghcr.io/acme/shop/billing")]
     )
     assert new.startswith(ORIGINAL.removesuffix("# end of file\n"))
     assert new.endswith(
@@ -134,7 +128,7 @@ def test_unknown_service_with_image_is_appended_in_block_style() -> None:
 
 
 def test_image_for_a_known_service_changes_its_repository() -> None:
-    new, messages = bump_text(ORIGINAL, [Change("api", B, image="ghcr.io/other/shop/api")])
+    new, messages = bump_text(ORIGINAL, [DigestBump("api", B, image="ghcr.io/other/shop/api")])
     spec = parse_desired_state(new.encode()).services["api"]
     assert (spec.image, spec.digest) == ("ghcr.io/other/shop/api", B)
     assert "image ghcr.io/acme/shop/api -> ghcr.io/other/shop/api" in messages[0]
@@ -142,19 +136,19 @@ def test_image_for_a_known_service_changes_its_repository() -> None:
 
 # --------------------------------------------------------------------------- idempotence
 def test_bump_to_the_digest_already_there_changes_nothing_and_says_so() -> None:
-    new, messages = bump_text(ORIGINAL, [Change("api", A)])
+    new, messages = bump_text(ORIGINAL, [DigestBump("api", A)])
     assert new == ORIGINAL
     assert messages == ["api: already at sha256:aaaaaaaaaaaa; unchanged"]
 
 
 def test_bump_twice_is_the_same_as_once() -> None:
-    once, _ = bump_text(ORIGINAL, [Change("api", B, tag="t2"), Change("n", C, image="r.example/n")])
-    twice, _ = bump_text(once, [Change("api", B, tag="t2"), Change("n", C, image="r.example/n")])
+    once, _ = bump_text(ORIGINAL, [DigestBump("api", B, tag="t2"), DigestBump("n", C, image="r.example/n")])
+    twice, _ = bump_text(once, [DigestBump("api", B, tag="t2"), DigestBump("n", C, image="r.example/n")])
     assert twice == once
 
 
 def test_bump_of_a_pinned_service_to_its_own_digest_is_a_no_op_not_a_refusal() -> None:
-    new, messages = bump_text(ORIGINAL, [Change("web", A)])
+    new, messages = bump_text(ORIGINAL, [DigestBump("web", A)])
     assert new == ORIGINAL
     assert "unchanged" in messages[0]
 
@@ -170,23 +164,23 @@ def test_bump_of_a_pinned_service_to_its_own_digest_is_a_no_op_not_a_refusal() -
 ])
 def test_malformed_digest_is_refused(digest: str) -> None:
     with pytest.raises(DesiredStateError, match="malformed digest"):
-        bump_text(ORIGINAL, [Change("api", digest)])
+        bump_text(ORIGINAL, [DigestBump("api", digest)])
 
 
 def test_unknown_service_without_image_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(DesiredStateError) as e:
-        bump_text(ORIGINAL, [Change("billing", B)])
+        bump_text(ORIGINAL, [DigestBump("billing", B)])
     assert "unknown service" in str(e.value) and "api, web, worker" in str(e.value)
     assert "--image" in str(e.value)
 
 
 def test_pinned_service_is_refused_without_force() -> None:
     with pytest.raises(BumpRefused, match="web is pinned"):
-        bump_text(ORIGINAL, [Change("web", B)])
+        bump_text(ORIGINAL, [DigestBump("web", B)])
 
 
 def test_pinned_service_is_bumped_with_force_and_stays_pinned() -> None:
-    new, messages = bump_text(ORIGINAL, [Change("web", B)], force=True)
+    new, messages = bump_text(ORIGINAL, [DigestBump("web", B)], force=True)
     spec = parse_desired_state(new.encode()).services["web"]
     assert (spec.digest, spec.pinned) == (B, True)
     assert "pinned: true   # hold: incident 42" in new
@@ -194,7 +188,7 @@ def test_pinned_service_is_bumped_with_force_and_stays_pinned() -> None:
 
 
 def test_skip_pinned_bumps_the_others_and_leaves_the_pinned_one() -> None:
-    new, messages = bump_text(ORIGINAL, [Change("web", B), Change("api", B)], skip_pinned=True)
+    new, messages = bump_text(ORIGINAL, [DigestBump("web", B), DigestBump("api", B)], skip_pinned=True)
     state = parse_desired_state(new.encode())
     assert state.services["web"].digest == A
     assert state.services["api"].digest == B
@@ -203,12 +197,12 @@ def test_skip_pinned_bumps_the_others_and_leaves_the_pinned_one() -> None:
 
 def test_one_refused_service_refuses_the_whole_call() -> None:
     with pytest.raises(DesiredStateError):
-        bump_text(ORIGINAL, [Change("api", B), Change("ghost", B)])
+        bump_text(ORIGINAL, [DigestBump("api", B), DigestBump("ghost", B)])
 
 
 def test_invalid_tag_image_and_service_name_are_refused() -> None:
     with pytest.raises(DesiredStateError) as e:
-        bump_text(ORIGINAL, [Change("API", B), Change("x", B, tag="bad tag", image="Bad:1")])
+        bump_text(ORIGINAL, [DigestBump("-api", B), DigestBump("x", B, tag="bad tag", image="Bad:1")])
     text = str(e.value)
     assert "not a valid service name" in text
     assert "not a valid tag" in text
@@ -217,19 +211,19 @@ def test_invalid_tag_image_and_service_name_are_refused() -> None:
 
 def test_same_service_twice_in_one_call_is_refused() -> None:
     with pytest.raises(DesiredStateError, match="more than once"):
-        bump_text(ORIGINAL, [Change("api", B), Change("api", C)])
+        bump_text(ORIGINAL, [DigestBump("api", B), DigestBump("api", C)])
 
 
 def test_an_invalid_file_is_reported_not_bumped() -> None:
     with pytest.raises(DesiredStateError, match="version"):
-        bump_text(ORIGINAL.replace("version: 1", "version: 2"), [Change("api", B)])
+        bump_text(ORIGINAL.replace("version: 1", "version: 2"), [DigestBump("api", B)])
 
 
 # --------------------------------------------------------------------------- the file
 def test_bump_file_writes_atomically_and_keeps_the_file_mode(tmp_path: Path) -> None:
     p = _write(tmp_path)
     p.chmod(0o664)
-    changed, _ = bump_file(p, [Change("api", B)])
+    changed, _ = bump_file(p, [DigestBump("api", B)])
     assert changed
     assert parse_desired_state(p.read_bytes()).services["api"].digest == B
     assert p.stat().st_mode & 0o777 == 0o664
@@ -239,14 +233,14 @@ def test_bump_file_writes_atomically_and_keeps_the_file_mode(tmp_path: Path) -> 
 def test_no_op_bump_does_not_rewrite_the_file(tmp_path: Path) -> None:
     p = _write(tmp_path)
     os.utime(p, (1_000_000, 1_000_000))
-    changed, _ = bump_file(p, [Change("api", A)])
+    changed, _ = bump_file(p, [DigestBump("api", A)])
     assert not changed
     assert p.stat().st_mtime == 1_000_000
 
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
     p = _write(tmp_path)
-    changed, _ = bump_file(p, [Change("api", B)], dry_run=True)
+    changed, _ = bump_file(p, [DigestBump("api", B)], dry_run=True)
     assert changed
     assert p.read_text() == ORIGINAL
 
@@ -255,7 +249,7 @@ def test_bump_through_a_symlink_edits_the_target_and_keeps_the_link(tmp_path: Pa
     target = _write(tmp_path)
     link = tmp_path / "link.yml"
     link.symlink_to(target.name)
-    bump_file(link, [Change("api", B)])
+    bump_file(link, [DigestBump("api", B)])
     assert link.is_symlink()
     assert B in target.read_text()
 
@@ -316,20 +310,33 @@ def test_cli_missing_file_exits_2(tmp_path: Path) -> None:
     assert _run_cli(str(tmp_path / "nope.yml"), "--service", "api", "--digest", B) == 2
 
 
-def test_cli_unwritable_directory_exits_1_and_keeps_the_file(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root writes anywhere")
+# A child whose file-size limit is 0: the kernel refuses every byte it writes to a file
+# (EFBIG; Python ignores SIGXFSZ), for root as for anyone, with no privilege or mount.
+_NO_FILE_WRITES = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+from agent.cli import main
+sys.exit(main(["bump", *sys.argv[1:]], configure_logging=False))
+"""
+
+
+def test_cli_unwritable_target_exits_1_with_one_line_and_keeps_the_file(tmp_path: Path) -> None:
     p = _write(tmp_path)
-    tmp_path.chmod(0o555)
-    try:
-        assert _run_cli(str(p), "--service", "api", "--digest", B) == 1
-    finally:
-        tmp_path.chmod(0o755)
+    before = sorted(os.listdir(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_FILE_WRITES, str(p), "--service", "api", "--digest", B],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"gitops-agent: cannot write {p}: File too large")
+    assert done.stderr.rstrip().endswith(f"{p} is unchanged")
     assert p.read_text() == ORIGINAL
+    assert sorted(os.listdir(tmp_path)) == before  # no temporary file left behind
 
 
 def test_options_before_the_first_service_belong_to_it() -> None:
-    assert changes_from_items([("digest", B), ("service", "api")]) == [Change("api", B)]
+    assert changes_from_items([("digest", B), ("service", "api")]) == [DigestBump("api", B)]
 
 
 def test_an_option_given_twice_in_one_group_is_a_usage_error() -> None:
@@ -362,7 +369,7 @@ def test_every_bump_result_parses_and_says_exactly_what_was_asked() -> None:
     @given(st.lists(st.tuples(names, hexdigest, tags), min_size=1, max_size=4,
                     unique_by=lambda t: t[0]))
     def check(items: list[tuple[str, str, str | None]]) -> None:
-        changes = [Change(n, f"sha256:{h}", t, f"r.example/{n}") for n, h, t in items]
+        changes = [DigestBump(n, f"sha256:{h}", t, f"r.example/{n}") for n, h, t in items]
         new, _ = bump_text(ORIGINAL, changes)
         state = parse_desired_state(new.encode())
         for c in changes:

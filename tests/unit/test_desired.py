@@ -196,7 +196,8 @@ def test_pinned_must_be_a_boolean_not_a_string():
     assert p.startswith("At 'services.web.pinned':")
 
 
-@pytest.mark.parametrize("name", ["Web", "-web", "web app", "wеb", "web\\n", "_web", "w" * 64])
+@pytest.mark.parametrize(
+    "name", ["-web", "--project-name", "web app", "wеb", "web\\n", "web/x", "w" * 256, ""])
 def test_invalid_service_names_are_rejected_at_services(name):
     (p,) = _problems(_doc(f'  "{name}": {{image: a/web, digest: {D1}}}\n'))
     assert p.startswith("At 'services': service names must be")

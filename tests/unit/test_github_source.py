@@ -11,12 +11,19 @@ from typing import Any
 
 import pytest
 import structlog
-from github_server import FakeGitHub
+from github_server import FakeGitHub, signed_from_git
 from structlog.testing import capture_logs
 
 from agent.config import AgentConfig, parse_config
-from agent.edges.github import CACHE_FILE, USER_AGENT, GitHubSource, RateLimited
-from agent.errors import ConfigError, DesiredStateError, SourceUnavailable
+from agent.edges.github import (
+    CACHE_FILE,
+    USER_AGENT,
+    GitHubSource,
+    RateLimited,
+    SourceCache,
+    classify,
+)
+from agent.errors import ConfigError, DesiredStateError, SourceUnavailable, TransientError
 from agent.retry import retry_transient
 
 TOKEN = "ghp_s3cr3tTokenValue0123456789abcdef"
@@ -48,7 +55,7 @@ def token_file(tmp_path: Path) -> Path:
 
 
 def make_cfg(tmp_path: Path, api_url: str, *, token_file: Path | None = None,
-             signed: bool = False, **source: Any) -> AgentConfig:
+             signed: bool = False, signers: Path | None = None, **source: Any) -> AgentConfig:
     data: dict[str, Any] = {
         "source": {"kind": "github", "repo": "acme/shop", "branch": "main", "path": PATH,
                    "api_url": api_url, "timeout_seconds": 5.0, **source},
@@ -58,10 +65,10 @@ def make_cfg(tmp_path: Path, api_url: str, *, token_file: Path | None = None,
     if token_file is not None:
         data["source"]["token_file"] = str(token_file)
     if signed:
-        # the config asks for a signers file with require_signed_commits (used by the git
-        # kind); the github kind relies on GitHub's own verification
-        data["trust"] = {"require_signed_commits": True,
-                         "allowed_signers_file": str(tmp_path / "allowed_signers")}
+        # without a signers file the github kind takes GitHub's own verification
+        data["trust"] = {"require_signed_commits": True}
+    if signers is not None:
+        data["trust"] = {"require_signed_commits": True, "allowed_signers_file": str(signers)}
     (tmp_path / "state").mkdir(exist_ok=True)
     return parse_config(data)
 
@@ -90,7 +97,8 @@ def test_first_poll_asks_for_the_head_then_the_file_at_that_sha(gh, tmp_path, to
     assert head.status == 200
     assert contents.path == f"/repos/acme/shop/contents/{PATH}"
     assert contents.query == {"ref": sha}
-    assert contents.header("accept") == "application/vnd.github.raw"
+    # JSON: its "size" is checked before the content is decoded
+    assert contents.header("accept") == "application/vnd.github+json"
     for r in (head, contents):
         assert r.header("authorization") == f"Bearer {TOKEN}"
         assert r.header("user-agent") == USER_AGENT == "gitops-agent/0.1.0"
@@ -140,7 +148,7 @@ def test_same_sha_behind_a_new_etag_fetches_nothing_more(gh, tmp_path, token_fil
     gh.commit({PATH: V1})
     src = make_source(tmp_path, gh, token_file)
     first = src.fetch()
-    src._etag = '"stale"'  # e.g. GitHub rotated its ETag scheme
+    src._cache.etag = '"stale"'  # e.g. GitHub rotated its ETag scheme
     gh.clear_log()
 
     assert src.fetch() == first
@@ -277,7 +285,7 @@ def test_unreachable_and_slow_api_are_source_unavailable(gh, tmp_path, token_fil
         ("no-branch", r"branch 'nope' not found in GitHub repository acme/shop.*source\.branch"),
     ],
 )
-def test_auth_and_naming_errors_say_what_to_fix(gh, tmp_path, token_file, case, expected):
+def test_auth_and_naming_errors_are_config_errors_that_say_what_to_fix(gh, tmp_path, token_file, case, expected):
     gh.commit({PATH: V1})
     if case == "bad-token":
         token_file.write_text("ghp_wrongwrongwrong")
@@ -286,18 +294,25 @@ def test_auth_and_naming_errors_say_what_to_fix(gh, tmp_path, token_file, case, 
         src = make_source(tmp_path, gh, token_file, repo="acme/nope")
     else:
         src = make_source(tmp_path, gh, token_file, branch="nope")
-    with capture_logs() as logs, pytest.raises(SourceUnavailable, match=expected) as e:
+    kind = SourceUnavailable if case == "no-branch" else ConfigError
+    with capture_logs() as logs, pytest.raises(kind, match=expected) as e:
         src.fetch()
     assert "ghp_" not in str(e.value) and TOKEN not in repr(logs)
+    # a configuration problem is not retried as an outage
+    requests_before = gh.count()
+    with pytest.raises(kind):
+        retry_transient(src.fetch, event="agent.fetch", retry_on=SourceUnavailable)
+    assert gh.count() - requests_before == (4 if kind is SourceUnavailable else 1)
 
 
-def test_forbidden_without_rate_limit_is_a_permission_error(gh, tmp_path, token_file):
+def test_forbidden_without_rate_limit_is_a_config_error_naming_the_token(gh, tmp_path,
+                                                                          token_file):
     gh.commit({PATH: V1})
     gh.fail(403)
     src = make_source(tmp_path, gh, token_file)
-    with pytest.raises(SourceUnavailable, match="forbids reading acme/shop.*Contents: read") as e:
+    with pytest.raises(ConfigError, match="forbids reading acme/shop.*Contents: read") as e:
         src.fetch()
-    assert not isinstance(e.value, RateLimited)
+    assert str(e.value).startswith("source.token_file: ")
 
 
 # ---------------------------------------------------------------------------- rate limits
@@ -315,20 +330,23 @@ def test_rate_limited_waits_without_sending_anything(gh, tmp_path, token_file, s
     with capture_logs() as logs, pytest.raises(RateLimited) as e:
         src.fetch()
     assert 590 <= e.value.retry_after_seconds <= 602
-    assert isinstance(e.value, SourceUnavailable)
+    # transient, but not retried by the pass's policy (retry_on=SourceUnavailable)
+    assert isinstance(e.value, TransientError) and not isinstance(e.value, SourceUnavailable)
     (event,) = [x for x in logs if x["event"] == "agent.source.rate_limited"]
     assert event["log_level"] == "warning" and reason in event["reason"]
     assert 590 <= event["wait_seconds"] <= 602
     assert gh.count() == 1
 
-    # until the wait has elapsed: no request at all, also through the reconcile's retries
+    # until the wait has elapsed: no request at all, and the reconcile's retry policy does
+    # not retry it (no retry noise): it is waited out once
     clock.now += 300
     with pytest.raises(RateLimited) as again:
         src.fetch()
     assert 290 <= again.value.retry_after_seconds <= 302
     assert "rate limit" in str(again.value)
-    with pytest.raises(RateLimited):
+    with capture_logs() as logs, pytest.raises(RateLimited):
         retry_transient(src.fetch, event="agent.fetch", retry_on=SourceUnavailable)
+    assert [x["event"] for x in logs] == []
     # a restarted daemon honours the same wait
     with pytest.raises(RateLimited):
         make_source(tmp_path, gh, token_file, clock=clock).fetch()
@@ -458,3 +476,198 @@ def test_turning_on_signed_commits_reverifies_the_cached_head(gh, tmp_path, toke
     assert make_source(tmp_path, gh, token_file).fetch().trust_error is None
     got = make_source(tmp_path, gh, token_file, signed=True).fetch()
     assert got.trust_error == f"commit {sha[:12]} is not verified by GitHub (reason: unknown_key)"
+
+
+# ---------------------------------------------------------------------------- classify
+NOW = 1_700_000_000.0
+RECORDED = [
+    # (what GitHub answered, status, headers, body) -> kind, wait
+    ("head sha", 200, {"ETag": 'W/"abc"'}, b"0123456789abcdef0123456789abcdef01234567",
+     "ok", None),
+    ("unchanged head", 304, {"ETag": 'W/"abc"'}, b"", "not_modified", None),
+    ("primary limit", 403, {"x-ratelimit-limit": "60", "x-ratelimit-remaining": "0",
+                            "x-ratelimit-reset": str(int(NOW) + 120)},
+     b'{"message":"API rate limit exceeded for 203.0.113.7.","documentation_url":'
+     b'"https://docs.github.com/rest/overview/resources-in-the-rest-api#rate-limiting"}',
+     "rate_limited", 121.0),
+    ("secondary limit, retry-after", 403, {"retry-after": "30"},
+     b'{"message":"You have exceeded a secondary rate limit."}', "rate_limited", 30.0),
+    ("secondary limit, no header", 403, {},
+     b'{"message":"You have exceeded a secondary rate limit. Please wait a few minutes."}',
+     "rate_limited", 60.0),
+    ("429", 429, {"retry-after": "5"}, b"", "rate_limited", 5.0),
+    ("reset a day away", 403, {"x-ratelimit-remaining": "0",
+                               "x-ratelimit-reset": str(int(NOW) + 86400)},
+     b'{"message":"API rate limit exceeded"}', "rate_limited", 3600.0),
+    ("bad token", 401, {}, b'{"message":"Bad credentials","status":"401"}',
+     "unauthorized", None),
+    ("no permission", 403, {"x-ratelimit-remaining": "4999"},
+     b'{"message":"Resource not accessible by personal access token"}', "forbidden", None),
+    ("sso", 403, {}, b'{"message":"Resource protected by organization SAML enforcement."}',
+     "forbidden", None),
+    ("no repo", 404, {}, b'{"message":"Not Found"}', "not_found", None),
+    ("no branch", 422, {}, b'{"message":"No commit found for SHA: nope"}',
+     "unprocessable", None),
+    ("empty repo", 409, {}, b'{"message":"Git Repository is empty."}', "empty_repo", None),
+    ("outage", 502, {}, b"<html>Bad Gateway</html>", "server_error", None),
+    ("teapot", 418, {}, b"", "unexpected", None),
+]
+
+
+@pytest.mark.parametrize(("what", "status", "headers", "body", "kind", "wait"), RECORDED,
+                         ids=[r[0] for r in RECORDED])
+def test_classify_sorts_recorded_github_answers_by_cause(what, status, headers, body, kind,
+                                                         wait):
+    got = classify(status, headers, body, now=NOW)
+    assert (got.kind, got.status, got.wait_seconds) == (kind, status, wait)
+    if status in (401, 404, 422):
+        assert got.message == json.loads(body)["message"]
+
+
+def test_a_stored_rate_limit_wait_is_capped_when_loaded(gh, tmp_path, token_file):
+    gh.commit({PATH: V1})
+    clock = Clock()
+    make_source(tmp_path, gh, token_file, clock=clock).fetch()
+    cache = tmp_path / "state" / CACHE_FILE
+    data = json.loads(cache.read_text())
+    data["blocked_until"] = clock.now + 10 * 365 * 86400  # the clock stepped back ten years
+    cache.write_text(json.dumps(data))
+    with pytest.raises(RateLimited) as e:
+        make_source(tmp_path, gh, token_file, clock=clock).fetch()
+    assert e.value.retry_after_seconds == 3600
+    clock.now += 3601
+    assert make_source(tmp_path, gh, token_file, clock=clock).fetch().content == V1
+
+
+def test_cache_is_a_validated_model_and_a_bad_sha_in_it_is_ignored(gh, tmp_path, token_file):
+    gh.commit({PATH: V1})
+    make_source(tmp_path, gh, token_file).fetch()
+    cache = tmp_path / "state" / CACHE_FILE
+    loaded = SourceCache.model_validate_json(cache.read_bytes())
+    assert loaded.content == V1 and loaded.key is not None and loaded.key.repo == "acme/shop"
+    data = json.loads(cache.read_text())
+    data["sha"] = "not-a-sha"
+    cache.write_text(json.dumps(data))
+    with capture_logs() as logs:
+        assert make_source(tmp_path, gh, token_file).fetch().content == V1
+    assert any(e["event"] == "agent.source.cache_ignored" for e in logs)
+
+
+# ---------------------------------------------------------------------------- size
+def test_file_over_the_size_limit_is_refused_from_its_size_and_never_cached(gh, tmp_path,
+                                                                            token_file):
+    from agent.desired import MAX_BYTES
+
+    good = gh.commit({PATH: V1})
+    src = make_source(tmp_path, gh, token_file)
+    src.fetch()
+    for size in (MAX_BYTES + 1, 2 * 1024 * 1024):  # inline, and over GitHub's 1 MB inline
+        huge = gh.commit({PATH: b"#" * size})
+        with pytest.raises(DesiredStateError, match=f"larger than the limit of {MAX_BYTES}"):
+            src.fetch()
+        cached = SourceCache.model_validate_json((tmp_path / "state" / CACHE_FILE).read_bytes())
+        assert cached.sha == good and cached.content == V1 and huge != good
+
+
+# ---------------------------------------------------------------------------- ancestry
+def test_is_ancestor_asks_the_compare_api(gh, tmp_path, token_file):
+    one = gh.commit({PATH: V1})
+    two = gh.commit({PATH: V2})
+    side = gh.commit({PATH: V2}, parents=[one], move_head=False)
+    src = make_source(tmp_path, gh, token_file)
+    gh.clear_log()
+    assert src.is_ancestor(one, two)  # ahead
+    assert not src.is_ancestor(two, one)  # behind
+    assert not src.is_ancestor(two, side)  # diverged
+    assert not src.is_ancestor(two, "f" * 40)  # unknown to GitHub: 404
+    assert src.is_ancestor(two, two)  # identical: nothing asked
+    reqs = gh.logged()
+    assert [r.path for r in reqs][0] == f"/repos/acme/shop/compare/{one}...{two}"
+    assert [r.status for r in reqs] == [200, 200, 200, 404]
+    assert all(r.header("authorization") == f"Bearer {TOKEN}" for r in reqs)
+
+
+# ---------------------------------------------------------------------------- allowed signers
+def _keygen(path: Path) -> Path:
+    import subprocess
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "t", "-f", str(path)],
+                   check=True)
+    return path
+
+
+@pytest.fixture
+def signing(tmp_path):
+    """A real git repository to make real signed commits in, an allowed key, another key."""
+    import rig
+
+    repo = rig.GitRepo(tmp_path / "git").init()
+    allowed, other = _keygen(tmp_path / "allowed"), _keygen(tmp_path / "other")
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(f"ci@example.test {(tmp_path / 'allowed.pub').read_text().strip()}\n")
+
+    def commit(gh, content: bytes, key: Path | None, **kw):
+        repo.commit_file(PATH, content.decode(), "deploy", key)
+        sha, sig, payload = signed_from_git(repo.work)
+        return gh.commit({PATH: content}, sha=sha, signature=sig, payload=payload, **kw)
+
+    return repo, allowed, other, signers, commit
+
+
+def test_signature_from_an_allowed_signer_is_verified_locally(gh, tmp_path, token_file,
+                                                               signing):
+    _, allowed, _, signers, commit = signing
+    # GitHub says unverified (the key is not on any GitHub account): the local file decides
+    sha = commit(gh, V1, allowed, verified=False, reason="unknown_key")
+    got = make_source(tmp_path, gh, token_file, signers=signers).fetch()
+    assert (got.revision, got.content, got.trust_error) == (sha, V1, None)
+
+
+@pytest.mark.parametrize("case", ["other-key", "unsigned", "web-flow-verified-unsigned"])
+def test_github_verified_is_not_enough_with_an_allowed_signers_file(gh, tmp_path, token_file,
+                                                                    signing, case):
+    _, _, other, signers, commit = signing
+    key = other if case == "other-key" else None
+    sha = commit(gh, V1, key, verified=True)  # GitHub calls it verified either way
+    got = make_source(tmp_path, gh, token_file, signers=signers).fetch()
+    expected = ("has no valid signature from an allowed signer" if case == "other-key"
+                else "is not signed")
+    assert got.trust_error is not None and expected in got.trust_error
+    assert got.trust_error.startswith(f"commit {sha[:12]}")
+    # untrusted content is neither fetched nor cached
+    assert got.content == b"" and gh.count("contents") == 0
+    cached = SourceCache.model_validate_json((tmp_path / "state" / CACHE_FILE).read_bytes())
+    assert cached.content == b""
+
+
+def test_pgp_signature_is_refused_with_an_allowed_signers_file(gh, tmp_path, token_file,
+                                                               signing):
+    _, _, _, signers, _ = signing
+    pgp = ("-----BEGIN PGP SIGNATURE-----\n\niHUEABYKAB0WIQ==\n=abcd\n"
+           "-----END PGP SIGNATURE-----\n")
+    sha = gh.commit({PATH: V1}, signature=pgp, payload="tree x\n\nmsg\n", verified=True)
+    got = make_source(tmp_path, gh, token_file, signers=signers).fetch()
+    assert got.trust_error == (
+        f"commit {sha[:12]} does not carry an SSH signature; only SSH signatures by a key in "
+        "trust.allowed_signers_file are accepted")
+
+
+def test_a_valid_signature_of_another_commit_is_refused(gh, tmp_path, token_file, signing):
+    repo, allowed, _, signers, commit = signing
+    signed = commit(gh, V1, allowed, move_head=False)
+    # the host serves that good signature and payload for a different commit
+    sig, payload = gh.repo().signatures[signed]
+    sha = gh.commit({PATH: V2}, signature=sig, payload=payload)
+    got = make_source(tmp_path, gh, token_file, signers=signers).fetch()
+    assert got.revision == sha and sha != signed
+    assert got.trust_error is not None and "is not that commit" in got.trust_error
+    # and an answer about another SHA than the one asked for is refused
+    good = commit(gh, V2, allowed)
+    gh.answer_sha[good] = signed
+    got = make_source(tmp_path, gh, token_file, signers=signers).fetch()
+    assert got.revision == good and "when asked for" in (got.trust_error or "")
+
+
+def test_unreadable_allowed_signers_file_is_a_config_error(gh, tmp_path, token_file):
+    with pytest.raises(ConfigError, match="trust.allowed_signers_file: cannot read"):
+        make_source(tmp_path, gh, token_file, signers=tmp_path / "missing")

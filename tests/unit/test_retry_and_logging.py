@@ -238,3 +238,27 @@ def test_short_or_empty_secrets_are_not_registered():
 def test_redact_text_masks_url_userinfo_with_or_without_password():
     assert agent_log.redact_text("ssh://git@host/x and https://u:p@h/y") == \
         "ssh://***@host/x and https://***@h/y"
+
+
+def _modules_after(code: str) -> set[str]:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sys.modules))"],
+                         capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_the_cli_does_not_load_rich_even_where_it_is_installed():
+    """structlog pulls in rich (~4 MB) whenever it is importable; the agent never uses it."""
+    mods = _modules_after("import agent.cli, agent.log; agent.log.configure(json=True)")
+    assert "structlog" in mods
+    assert not any(m == "rich" or m.startswith("rich.") for m in mods)
+
+
+def test_a_call_that_succeeds_first_time_never_loads_tenacity():
+    mods = _modules_after(
+        "from agent.retry import retry_transient\n"
+        "from agent.errors import SourceUnavailable\n"
+        "assert retry_transient(lambda: 7, event='agent.x', retry_on=SourceUnavailable) == 7")
+    assert "agent.retry" in mods and "tenacity" not in mods

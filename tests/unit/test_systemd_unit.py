@@ -54,3 +54,18 @@ def test_unit_hardening_keeps_the_docker_socket_reachable():
     assert "AF_UNIX" in families  # /var/run/docker.sock
     assert set(families) <= {"AF_UNIX", "AF_INET", "AF_INET6"}
     assert "InaccessiblePaths" not in d or "/run" not in d["InaccessiblePaths"]
+
+
+def _unit_section() -> dict[str, str]:
+    cp = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    cp.optionxform = str  # type: ignore[assignment,method-assign]
+    cp.read_string(UNIT.read_text())
+    return dict(cp["Unit"])
+
+
+def test_unit_starts_without_socket_activated_docker_but_orders_after_it():
+    u = _unit_section()
+    # no hard dependency: hosts without docker.socket/docker.service must still start it
+    assert "Requires" not in u and "BindsTo" not in u and "Requisite" not in u
+    assert "docker.service" in u["Wants"].split()
+    assert {"docker.service", "docker.socket"} <= set(u["After"].split())
