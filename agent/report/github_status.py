@@ -111,7 +111,8 @@ class GitHubStatusReporter:
             if r.revision and self.last.get(r.revision) == "failure" and not r.forced:
                 # a failed revision converging on the known-good digests: still failed
                 return None
-            runs = runs_line(r.target) if r.target else f"revision {(r.revision or '')[:12]}"
+            runs = runs_line(r.target) if r.target else \
+                f"revision {(r.revision or '')[:12]} (no managed services)"
             return "success", "success", f"{h} runs {runs}"
         if r.outcome == "rolled-back":
             return "failure", "failure", f"{h}: rolled back: {reason}"
