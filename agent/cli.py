@@ -112,18 +112,23 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
     raise AssertionError(args.command)  # pragma: no cover
 
 
-def _reconciler(cfg: AgentConfig) -> Reconciler:
+def _reconciler(cfg: AgentConfig, *, report: bool = False) -> Reconciler:
     from agent.reconcile import Reconciler
     from agent.secrets import registry_auth
 
-    return Reconciler(cfg, registry_auth=registry_auth(cfg))
+    observers = []
+    if report:  # only a pass reports (sync); status/diff read and change nothing
+        from agent.report import build_observers
+
+        observers = build_observers(cfg)
+    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers)
 
 
 def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:
     from agent.state import StateLock, StateStore
 
     StateStore(cfg.agent.state_dir).ensure_dir()
-    rec = _reconciler(cfg)
+    rec = _reconciler(cfg, report=True)
     with StateLock(cfg.agent.state_dir):
         result = rec.run_pass(force=force)
     code = result.exit_code

@@ -162,6 +162,17 @@ class AgentSection(_Strict):
     # that accepts connections and never answers must not hang the agent
     pull_stall_timeout_seconds: Annotated[float, Field(gt=0)] = 120
     history_limit: Annotated[int, Field(ge=1, le=10000)] = 200
+    # this host's name in commit statuses, metrics and notifications (default: hostname)
+    host: str | None = Field(default=None, min_length=1, max_length=63)
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, v: str | None) -> str | None:
+        import re
+
+        if v is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", v):
+            raise ValueError("only a-z 0-9 . _ - (starting with a letter or digit)")
+        return v
 
 
 class RegistryCredentials(_Strict):
@@ -178,12 +189,93 @@ class TrustConfig(_Strict):
     allow_rewind: bool = False
 
 
+# ------------------------------------------------------------------ reporting
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+NOTIFY_EVENTS = ("applied", "rolled-back", "failed", "invalid", "stuck", "recovered")
+NotifyEvent = Literal["applied", "rolled-back", "failed", "invalid", "stuck", "recovered"]
+
+
+class GitHubReportConfig(_Strict):
+    """``[report.github]``: a commit status on each revision this host handles."""
+
+    repo: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+    api_url: str = "https://api.github.com"
+    token_file: Path
+    context: str = Field(default="deploy/{host}", min_length=1, max_length=100)
+    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 5.0
+
+    @field_validator("api_url")
+    @classmethod
+    def _https(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        u = urlsplit(v)
+        if u.scheme == "https" and u.hostname:
+            return v.rstrip("/")
+        if u.scheme == "http" and u.hostname in _LOOPBACK_HOSTS:
+            return v.rstrip("/")  # a test server on loopback
+        raise ValueError("must be an https:// URL (http:// only to loopback)")
+
+    @field_validator("context")
+    @classmethod
+    def _placeholders(cls, v: str) -> str:
+        if v.replace("{host}", "").count("{") or v.replace("{host}", "").count("}"):
+            raise ValueError("only the {host} placeholder is known")
+        return v
+
+
+class ReportConfig(_Strict):
+    github: GitHubReportConfig | None = None
+
+
+class MetricsConfig(_Strict):
+    listen: str | None = None
+    textfile: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        import re
+
+        if v is None:
+            return v
+        m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})", v)
+        if not m:
+            raise ValueError("must be HOST:PORT, e.g. \"127.0.0.1:9120\"")
+        if not 0 < int(m.group(2)) < 65536:
+            raise ValueError("port must be 1-65535")
+        return v
+
+
+def _default_notify_on() -> list[NotifyEvent]:
+    return ["rolled-back", "failed", "invalid", "stuck", "recovered"]
+
+
+class NotifyConfig(_Strict):
+    urls: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9+.-]*://.+")]] = Field(min_length=1)
+    on: list[NotifyEvent] = Field(default_factory=_default_notify_on)
+    repeat_seconds: Annotated[float, Field(ge=0)] = 3600
+    stuck_after_seconds: Annotated[float, Field(gt=0)] = 900
+
+
 class AgentConfig(_Strict):
     source: SourceConfig
     compose: ComposeConfig
     agent: AgentSection = AgentSection()
     registry: dict[str, RegistryCredentials] = Field(default_factory=dict)
     trust: TrustConfig = TrustConfig()
+    report: ReportConfig = ReportConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    notify: NotifyConfig | None = None
+
+    @model_validator(mode="after")
+    def _report_repo(self) -> AgentConfig:
+        gh = self.report.github
+        if gh is not None and gh.repo is None:
+            if self.source.kind != "github":
+                raise ValueError("report.github.repo is required unless source.kind = \"github\"")
+            object.__setattr__(gh, "repo", self.source.repo)  # frozen: set once, at load
+        return self
 
 
 
@@ -244,6 +336,7 @@ _PATH_KEYS = {
     ("compose", "project_dir"),
     ("agent", "state_dir"),
     ("trust", "allowed_signers_file"),
+    ("metrics", "textfile"),
 }
 
 
@@ -254,6 +347,11 @@ def _coerce_paths(data: dict[str, Any]) -> dict[str, Any]:
         sec = out.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str):
             sec[key] = Path(os.path.expanduser(sec[key]))
+    rep = out.get("report")
+    if isinstance(rep, dict) and isinstance(rep.get("github"), dict):
+        gh = rep["github"] = dict(rep["github"])
+        if isinstance(gh.get("token_file"), str):
+            gh["token_file"] = Path(os.path.expanduser(gh["token_file"]))
     reg = out.get("registry")
     if isinstance(reg, dict):
         out["registry"] = {

@@ -92,7 +92,16 @@ class Daemon:
     def __init__(self, cfg: AgentConfig, reconciler: Reconciler | None = None,
                  notifier: Notifier | None = None, monotonic: Clock = time.monotonic) -> None:
         self.cfg = cfg
-        self.reconciler = reconciler or Reconciler(cfg, registry_auth=registry_auth(cfg))
+        if reconciler is None:
+            from agent.report import build_observers
+
+            # the daemon serves GET /metrics on [metrics] listen
+            self.observers = build_observers(cfg, serve_metrics=True)
+            reconciler = Reconciler(cfg, registry_auth=registry_auth(cfg),
+                                    observers=self.observers)
+        else:
+            self.observers = list(getattr(reconciler, "observers", ()))
+        self.reconciler = reconciler
         self.notifier = notifier or Notifier()
         self.monotonic = monotonic
         self.scheduler = BackgroundScheduler(
@@ -240,6 +249,10 @@ class Daemon:
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=True)  # a pass in flight finishes or rolls back
             self.reconciler.engine.close()
+            for o in self.observers:
+                close = getattr(o, "close", None)
+                if close is not None:
+                    close()  # the metrics server
             log.info("agent.daemon.stopped", passes=self.passes)
             self.notifier.close()
         return 0

@@ -252,6 +252,11 @@ class Reconciler:
             with run.timed("rollback"):
                 return self._roll_back(state, run, release, e)
         self._commit(release)
+        if self.observers:  # report what runs now: start-first's old containers are retired
+            try:
+                run.observed = self.engine.observe(self.cfg.compose.name, set(release.target))
+            except AgentError as e:
+                log.warning("agent.report.observe_failed", error=str(e))
         return self._succeeded(state, run, release)
 
     # ------------------------------------------------------------------ fetch

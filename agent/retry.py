@@ -12,6 +12,7 @@ which nothing fails (every idle poll) does not load the retry machinery at all.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,6 +29,9 @@ ATTEMPTS = 4
 WAIT_INITIAL = 1.0
 WAIT_MAX = 30.0
 _fast = os.environ.get("GITOPS_AGENT_FAST_RETRY", "") not in ("", "0")
+# retries scheduled since the process started, by event ("agent.pull", "agent.fetch"):
+# read by the metrics observer (gitops_agent_pull_retries_total)
+retries_scheduled: Counter[str] = Counter()
 
 
 def set_fast(on: bool) -> None:
@@ -83,6 +87,7 @@ def retry_transient(
 
     def before_sleep(rs: tenacity.RetryCallState) -> None:
         exc = rs.outcome.exception() if rs.outcome else None
+        retries_scheduled[event] += 1
         log.warning(
             f"{event}.retry_scheduled",
             attempt=rs.attempt_number,

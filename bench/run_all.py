@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 from common import RESULTS_DIR, machine  # noqa: E402
 
 BENCHES = ("release_overhead", "idle_poll", "scale", "reaction", "failed_release",
-           "many_agents", "zero_downtime")
+           "many_agents", "zero_downtime", "reporting_overhead")
 
 
 def ok(flag: bool) -> str:
@@ -96,6 +96,15 @@ def summary(r: dict[str, Any]) -> list[str]:
         cells = ", ".join(f"{case} {v['failed_max']} failed (max), slowest "
                           f"{v['slowest_ms_max']} ms" for case, v in x.items())
         out.append(f"9. zero-downtime (50 req/s through HAProxy): {cells}")
+    if "reporting_overhead" in r:
+        x = r["reporting_overhead"]
+        cpu = x["in_process"]["with textfile"]["cpu_ms_per_pass"]
+        d = x["daemon_cpu_self_ms_per_pass"]
+        out.append(f"R. reporting on idle passes: GitHub requests "
+                   f"{x['github_requests_on_idle_passes']} (target 0: "
+                   f"{ok(x['github_requests_on_idle_passes'] == 0)}), observers' CPU/pass "
+                   f"{cpu:.2f} ms (< 5: {ok(cpu < 5)}), daemon off/on {d['off']:.1f}/"
+                   f"{d['on']:.1f} ms")
     return out
 
 

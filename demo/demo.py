@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import proxy  # noqa: E402
 import rig  # noqa: E402
+from github_server import FakeGitHub  # noqa: E402
 from harness import DaemonProcess  # noqa: E402
 
 BOLD = "\033[1m" if sys.stdout.isatty() else ""
@@ -82,6 +83,7 @@ class Demo:
         self.project = f"gitopsdemo{os.getpid()}"
         self.seen = 0
         self.contexts: dict[str, Path] = {}
+        self.github: FakeGitHub | None = None
 
     @staticmethod
     def _compose_cmd() -> list[str]:
@@ -95,7 +97,7 @@ class Demo:
         self.registry = rig.Registry(port=rig.free_port(), workdir=self.root / "registry").start()
         say(f"  registry       http://{self.registry.host}  (plays ghcr.io)")
         self.repo = rig.GitRepo(self.root / "git").init()
-        self.repo.commit_file("desired-state.yml", textwrap.dedent("""\
+        self.initial = self.repo.commit_file("desired-state.yml", textwrap.dedent("""\
             # desired-state.yml — what the servers run. Written by the release workflow
             # (scripts/release-local here); edit by hand to pin.
             version: 1
@@ -126,11 +128,29 @@ class Demo:
                 restart: unless-stopped
                 stop_grace_period: 3s
             """) + proxy.proxy_service_yaml(self.port, srv / "haproxy.cfg"))
+        # a fake GitHub API on 127.0.0.1 receives the commit statuses
+        self.github = FakeGitHub(repo="acme/shop").start()
+        token = self.root / "status-token"
+        token.write_text("demo-status-token\n")
+        token.chmod(0o600)
+        self.metrics_port = rig.free_port()
         self.config = self.root / "agent.toml"
         self.config.write_text(rig.agent_toml(
             repo=str(self.repo.work), project_dir=srv, project_name=self.project,
             state_dir=self.root / "state", interval=2, jitter=0.5, health_timeout=15,
-            settle=1, handover=2))
+            settle=1, handover=2) + textwrap.dedent(f"""\
+            host = "demo-1"
+
+            [report.github]
+            repo = "acme/shop"
+            api_url = "{self.github.api_url}"
+            token_file = "{token}"
+
+            [metrics]
+            listen = "127.0.0.1:{self.metrics_port}"
+            """))
+        self.known(self.initial)
+        say(f"  fake GitHub    {self.github.api_url}  (receives commit statuses)")
         say(f"  compose stack  hello + api + proxy on http://127.0.0.1:{self.port}/ "
             f"(project {self.project})")
         self.daemon = DaemonProcess(self.config)
@@ -156,8 +176,14 @@ class Demo:
             name, ref = line.split(" ", 1)
             say(f"    built + pushed {name}: {ref.split('@')[0]}@{short(ref.split('@')[1])}")
         commit = lines[-1].strip()
+        self.known(commit)
         say(f"    bumped desired-state.yml, committed {commit[:12]}")
         return commit
+
+    def known(self, revision: str) -> None:
+        """The commit exists on "GitHub" too (the demo's repository lives on disk)."""
+        if self.github is not None:
+            self.github.known_commit(revision)
 
     def wait_pass(self, revision: str, timeout: float = 60) -> dict[str, Any]:
         """Narrate the agent's events until it finishes a pass at ``revision``."""
@@ -254,6 +280,7 @@ class Demo:
         text = re.sub(r"(  hello:\n)", r"\1    pinned: true   # held at v1 by hand\n", text)
         text = re.sub(r"(  hello:\n(?:    .*\n)*?    tag: )\S+", r"\1v1", text)
         rev = self.repo.commit_file("desired-state.yml", text, "pin hello to v1")
+        self.known(rev)
         say(f"  committed {rev[:12]}: hello digest -> {short(v1)}, pinned: true")
         done = self.wait_pass(rev)
         assert done["outcome"] == "applied", done
@@ -274,8 +301,30 @@ class Demo:
         say(textwrap.indent(self.agent_cli("status").rstrip(), "    "))
         say("  $ gitops-agent history -n 6")
         say(textwrap.indent(self.agent_cli("history", "-n", "6").rstrip(), "    "))
+
+        step(6, "what it reported: commit statuses on GitHub, and Prometheus metrics")
+        self.show_reports()
         say()
         say(f"{BOLD}Demo finished in {time.monotonic() - T0:.0f}s.{RESET}")
+
+    def show_reports(self) -> None:
+        import requests
+
+        assert self.github is not None
+        time.sleep(1)  # the last pass's reports are sent just after it is logged
+        say("  commit statuses posted (context deploy/demo-1), oldest first:")
+        for s in self.github.statuses_for():
+            say(f"    {s['sha'][:12]}  {s['state']:<8} {s['description']}")
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        say(f"  $ curl -s {url} | grep ^gitops_agent_   (trimmed)")
+        text = requests.get(url, timeout=5).text
+        shown = ("gitops_agent_passes_total", "gitops_agent_releases_total",
+                 "gitops_agent_revision_info", "gitops_agent_failed_revision",
+                 "gitops_agent_service_info", "gitops_agent_service_healthy",
+                 "gitops_agent_pass_duration_seconds_count")
+        for line in text.splitlines():
+            if line.startswith(shown) and not line.endswith(" 0.0"):
+                say(f"    {line}")
 
     def first_digest_of(self, service: str, tag: str) -> str:
         assert self.registry is not None
@@ -302,6 +351,9 @@ class Demo:
                 for img in self.client.images.list(name=f"{self.registry.host}/gitops-demo/*"):
                     self.client.images.remove(img.id, force=True)
             self.registry.stop()
+        if self.github is not None:
+            with contextlib.suppress(Exception):
+                self.github.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -11,6 +11,10 @@ answering the endpoints the agent uses, with real ETag / 304 semantics:
   application/vnd.github.raw`` the raw bytes, else the JSON with base64 content; 404 when
   the file does not exist at that ref.
 
+* ``POST {prefix}/repos/{owner}/{name}/statuses/{sha}``: a commit status (JSON ``state``,
+  ``description``, ``context``) is stored in ``statuses`` and answered 201; 422 for an
+  unknown commit, a state GitHub does not know, or a description over 140 characters.
+
 Modes: rate limiting (403 + ``x-ratelimit-remaining: 0`` + ``x-ratelimit-reset``, or 429 +
 ``retry-after``), 5xx, a required token (401 otherwise), and redirecting the contents request
 to another base URL. Every request is logged (method, path, query, headers).
@@ -108,6 +112,7 @@ class FakeGitHub:
         self.requests: list[LoggedRequest] = []
         self.request_count = 0  # counted even when log_requests is False
         self.status_counts: Counter[int] = Counter()  # status -> answers (always counted)
+        self.statuses: list[dict[str, Any]] = []  # commit statuses posted, in order
         self.lock = threading.RLock()
         # modes
         self._rate_limit: tuple[int, float] | None = None  # (status, seconds)
@@ -265,8 +270,8 @@ class FakeGitHub:
             self.status_counts.clear()
 
     # ------------------------------------------------------------------ answering
-    def _answer(self, method: str, raw_path: str, headers: Mapping[str, str]
-                ) -> tuple[int, dict[str, str], bytes]:
+    def _answer(self, method: str, raw_path: str, headers: Mapping[str, str],
+                body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
         split = urlsplit(raw_path)
         path = unquote(split.path)
         query = {k: v[0] for k, v in parse_qs(split.query).items()}
@@ -281,14 +286,15 @@ class FakeGitHub:
         if not prefixed:
             result = _json(404, {"message": "Not Found"})
         else:
-            result = self._answer_at(method, raw_path, path, query, headers)
+            result = self._answer_at(method, raw_path, path, query, headers, body)
         entry.status = result[0]
         with self.lock:
             self.status_counts[result[0]] += 1
         return result
 
     def _answer_at(self, method: str, raw_path: str, path: str, query: dict[str, str],
-                   headers: Mapping[str, str]) -> tuple[int, dict[str, str], bytes]:
+                   headers: Mapping[str, str], body: bytes = b""
+                   ) -> tuple[int, dict[str, str], bytes]:
         with self.lock:
             delay = self._delay
             rate_limit, reset = self._rate_limit, self._rate_limit_reset
@@ -311,6 +317,8 @@ class FakeGitHub:
             })
         if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
             return _json(401, {"message": "Bad credentials"})
+        if method == "POST" and path.split("/")[4:5] == ["statuses"]:
+            return self._post_status(path, headers, body)
         if method != "GET":
             return _json(404, {"message": "Not Found"})
 
@@ -376,6 +384,51 @@ class FakeGitHub:
                                "content": "" if big else base64.b64encode(content).decode()},
                          {"ETag": etag})
         return _json(404, {"message": "Not Found"})
+
+    # ------------------------------------------------------------------ commit statuses
+    def _post_status(self, path: str, headers: Mapping[str, str], body: bytes
+                     ) -> tuple[int, dict[str, str], bytes]:
+        parts = path.split("/")
+        if len(parts) != 6:
+            return _json(404, {"message": "Not Found"})
+        repo_name, sha = f"{parts[2]}/{parts[3]}", parts[5]
+        with self.lock:
+            repo = self.repos.get(repo_name)
+            known = repo is not None and sha in repo.files
+        if repo is None:
+            return _json(404, {"message": "Not Found"})
+        if not known:
+            return _json(422, {"message": f"No commit found for SHA: {sha}"})
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return _json(400, {"message": "Problems parsing JSON"})
+        if data.get("state") not in ("error", "failure", "pending", "success"):
+            return _json(422, {"message": "Validation Failed", "errors": [
+                {"field": "state", "code": "invalid"}]})
+        if len(data.get("description") or "") > 140:
+            return _json(422, {"message": "Validation Failed", "errors": [
+                {"field": "description", "code": "custom",
+                 "message": "description is too long (maximum is 140 characters)"}]})
+        with self.lock:
+            status = {"id": len(self.statuses) + 1, "repo": repo_name, "sha": sha,
+                      "state": data["state"], "description": data.get("description"),
+                      "context": data.get("context") or "default",
+                      "target_url": data.get("target_url"),
+                      "authorization": headers.get("authorization")}
+            self.statuses.append(status)
+        return _json(201, {k: v for k, v in status.items() if k != "authorization"})
+
+    def statuses_for(self, sha: str | None = None) -> list[dict[str, Any]]:
+        """Commit statuses posted (for one commit), oldest first."""
+        with self.lock:
+            return [dict(s) for s in self.statuses if sha is None or s["sha"] == sha]
+
+    def known_commit(self, sha: str, *, repo: str | None = None) -> None:
+        """Make a commit made elsewhere (a git repository on disk) known to this GitHub,
+        without moving the branch: statuses can then be posted to it."""
+        with self.lock:
+            self.repo(repo).files.setdefault(sha, {})
 
 
 def _ancestors(sha: str, parents: Mapping[str, list[str]]) -> set[str]:
@@ -457,7 +510,10 @@ def _make_handler(gh: FakeGitHub) -> type[BaseHTTPRequestHandler]:
 
         def _handle(self) -> None:
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status, out_headers, body = gh._answer(self.command, self.path, headers)
+            length = int(self.headers.get("Content-Length") or 0)
+            request_body = self.rfile.read(length) if length else b""
+            status, out_headers, body = gh._answer(self.command, self.path, headers,
+                                                   request_body)
             self.send_response(status)
             ratelimit = {"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "4999",
                          "x-ratelimit-reset": str(int(time.time()) + 3600)}
