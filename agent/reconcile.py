@@ -245,7 +245,7 @@ class Reconciler:
             if release.touched:
                 self._set_phase(state, "verify")
                 with run.timed("health"):
-                    run.observed = self._verify(release)
+                    self._verify(release)
         except AgentError as e:
             if not disposition(e).rollback:
                 raise
@@ -473,12 +473,11 @@ class Reconciler:
                   exit_code=e.returncode, stderr=e.stderr.strip()[-500:])
         return ApplyFailed(f"docker compose up failed: {e}")
 
-    def _verify(self, release: Release) -> dict[str, list[ObservedContainer]]:
+    def _verify(self, release: Release) -> None:
         """Every touched service healthy at its target digest, else Unhealthy."""
         verdict = self._wait_healthy(release.touched, release.target)
         if verdict is not None:
             raise Unhealthy(verdict)
-        return self.engine.observe(self.cfg.compose.name, set(release.target))
 
     def _wait_healthy(self, services: Sequence[str],
                       target: Mapping[str, ImageDigest]) -> str | None:
