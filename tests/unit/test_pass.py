@@ -26,6 +26,7 @@ from fakes import (
 )
 from structlog.testing import capture_logs
 
+from agent import health
 from agent.config import parse_config
 from agent.errors import StateWriteError
 from agent.outcomes import PassResult
@@ -81,7 +82,9 @@ def _reconciler(tmp: Path, source: FakeSource, engine: FakeEngine,
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    # the confirmation window of a failing health check has its own tests (test_health.py)
+    monkeypatch.setattr(health, "CONFIRM_SECONDS", 0.05)
     engine = FakeEngine()
     for image in (WEB, API):
         engine.publish(image, V1, HEALTHY)
