@@ -20,6 +20,10 @@ from agent.plan import ObservedContainer
 log = structlog.get_logger()
 
 POLL_SECONDS = 0.25
+# A failure is confirmed for this long before it is the verdict: a daemon shutting down stops
+# the containers (they exit, often with code 0) a moment before its socket goes away, and
+# that must read as the engine going away, not as a bad release.
+CONFIRM_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -89,16 +93,24 @@ def wait_healthy(
     pending = set(services)
     last: dict[str, Verdict] = {}
     engine_lost: str | None = None
+    failure: tuple[float, str, str] | None = None  # (seen at, service, reason) unconfirmed
     log.info("agent.health.waiting", services=sorted(services), timeout_seconds=timeout)
     while True:
         now = clock()
+        if failure is not None and now - failure[0] >= CONFIRM_SECONDS:
+            log.error("agent.health.failed", service=failure[1], digest=digests[failure[1]],
+                      reason=failure[2])
+            return f"{failure[1]}: {failure[2]}"
         try:
             observed = observe()
         except TransientError as e:  # e.g. the Docker daemon restarting: keep polling
             log.warning("agent.health.observe_failed", error=str(e))
             observed = None
             engine_lost = str(e)
-        if observed is not None:
+        if failure is not None:
+            if engine_lost is not None:
+                raise _engine_went_away(engine_lost, f"{failure[1]}: {failure[2]}")
+        elif observed is not None:
             failpoint("during-health")
             for svc in sorted(pending):
                 for c in observed.get(svc, ()):
@@ -109,22 +121,24 @@ def wait_healthy(
                 if v.state == "fail":
                     if engine_lost is not None:
                         raise _engine_went_away(engine_lost, f"{svc}: {v.detail}")
-                    log.error("agent.health.failed", service=svc, digest=digests[svc],
-                              reason=v.detail)
-                    return f"{svc}: {v.detail}"
+                    log.warning("agent.health.failing", service=svc, digest=digests[svc],
+                                reason=v.detail, confirm_seconds=CONFIRM_SECONDS)
+                    failure = (now, svc, v.detail)
+                    break
                 if v.state == "ok":
                     log.info("agent.health.healthy", service=svc, digest=digests[svc])
                     pending.discard(svc)
-        if not pending:
+        if not pending and failure is None:
             return None
-        if now >= deadline:
+        if now >= deadline and failure is None:
             if engine_lost is not None:
                 raise _engine_went_away(engine_lost, "the health wait timed out")
             why = "; ".join(f"{s}: {last[s].detail}" for s in sorted(pending) if s in last)
             reason = f"not healthy within {timeout:.0f}s ({why or 'no container seen'})"
             log.error("agent.health.timeout", services=sorted(pending), reason=reason)
             return reason
-        sleep(min(POLL_SECONDS, max(0.0, deadline - clock())))
+        sleep(POLL_SECONDS if failure is not None
+              else min(POLL_SECONDS, max(0.0, deadline - clock())))
 
 
 def _engine_went_away(error: str, then: str) -> DockerUnavailable:

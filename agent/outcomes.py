@@ -81,6 +81,9 @@ OUTCOME_EXIT: dict[str, int] = {
     "skipped": EXIT_RELEASE_FAILED,
     "degraded": EXIT_RELEASE_FAILED,
     "invalid": EXIT_INVALID,
+    "frozen": EXIT_OK,
+    "waiting": EXIT_OK,
+    "held": EXIT_OK,
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from agent.plan import ObservedContainer
 
@@ -75,6 +75,31 @@ class ComposeProject(Protocol):
     ) -> None: ...
 
     def remove(self, services: Sequence[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class GateQuestion:
+    """What a gate is asked before a pass acts: may this host apply ``revision`` now?"""
+
+    revision: str
+    services: tuple[str, ...]  # the services the pass would touch (empty: nothing to do)
+    converging: bool  # the revision failed before: the pass returns to known-good digests
+    force: bool  # sync --force
+
+
+@dataclass(frozen=True)
+class GateAnswer:
+    outcome: Literal["frozen", "waiting", "held"]
+    reason: str
+
+
+class Gate(Protocol):
+    """A policy consulted after the diff and before anything is pulled or touched (freeze,
+    deploy windows, rollout waves). ``None`` lets the pass go on; an answer ends it with that
+    outcome (exit 0, nothing applied). A gate may raise TransientError (e.g. it could not
+    read what it depends on): the pass ends ``error`` and touches nothing."""
+
+    def check(self, question: GateQuestion) -> GateAnswer | None: ...
 
 
 class PassObserver(Protocol):

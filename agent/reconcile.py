@@ -65,7 +65,15 @@ from agent.plan import (
     previous_digests,
     running_digest,
 )
-from agent.ports import ComposeProject, Engine, Fetched, PassObserver, Source
+from agent.ports import (
+    ComposeProject,
+    Engine,
+    Fetched,
+    Gate,
+    GateQuestion,
+    PassObserver,
+    Source,
+)
 from agent.retry import retry_transient
 from agent.state import (
     AgentState,
@@ -177,6 +185,7 @@ class Reconciler:
         compose: ComposeProject | None = None,
         registry_auth: Mapping[str, dict[str, str]] | None = None,
         observers: Sequence[PassObserver] = (),
+        gates: Sequence[Gate] = (),
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.cfg = cfg
@@ -186,6 +195,7 @@ class Reconciler:
         self.compose = compose or _default_compose(cfg)
         self.registry_auth = dict(registry_auth or {})
         self.observers = list(observers)
+        self.gates = list(gates)
         self.kit = Toolkit(self.engine, self.compose, cfg.compose.name,
                            cfg.agent.handover_seconds, self._pull, sleep)
 
@@ -226,6 +236,9 @@ class Reconciler:
             with run.timed("observe"):
                 run.observed = observed = self._observe(loaded)
             run.plan = plan = self._diff(state, loaded, observed, run.force)
+            stopped = self._ask_gates(state, run, plan)
+            if stopped is not None:
+                return stopped
             if plan.is_noop:
                 return self._idle(state, run, plan)
             release = self._prepare(state, loaded, plan, observed)
@@ -351,6 +364,20 @@ class Reconciler:
             unchanged=sorted(set(target) - set(plan.changed_services) - set(plan.unverified)),
         )
         return plan
+
+    def _ask_gates(self, state: AgentState, run: _Run, plan: Plan) -> PassResult | None:
+        """Policies before acting (freeze, windows, waves): the first answer ends the pass."""
+        question = GateQuestion(
+            revision=plan.revision, services=tuple(plan.changed_services + plan.unverified),
+            converging=plan.revision in state.failed_revisions and not run.force,
+            force=run.force)
+        for gate in self.gates:
+            answer = gate.check(question)
+            if answer is not None:
+                log.info(f"agent.gate.{answer.outcome}", gate=type(gate).__name__,
+                         reason=answer.reason, services=list(question.services))
+                return run.result(answer.outcome, reason=answer.reason)
+        return None
 
     def _idle(self, state: AgentState, run: _Run, plan: Plan) -> PassResult:
         """Nothing to change. Unmanaged services are started alongside a release, never on

@@ -35,7 +35,13 @@ Outcome = Literal[
     "skipped",  # revision failed before; not retried until it changes (or --force)
     "error",  # transient error (source/registry/docker unreachable); retried later
     "degraded",  # nothing to change, but a managed service is not healthy
+    "frozen",  # an operator froze releases on this host: nothing applied
+    "waiting",  # a new revision waits for a deploy window
+    "held",  # a new revision waits for an earlier rollout wave
 ]
+
+# outcomes a gate ends a pass with: nothing applied, not a failure (exit 0)
+GATE_OUTCOMES = ("frozen", "waiting", "held")
 
 
 def utcnow() -> datetime:
@@ -100,7 +106,7 @@ class AgentState(_Model):
         last = self.history[0] if self.history else None
         if (
             last is not None
-            and rec.outcome in ("no-op", "skipped", "error", "invalid")
+            and rec.outcome in ("no-op", "skipped", "error", "invalid", *GATE_OUTCOMES)
             and last.outcome == rec.outcome
             and last.revision == rec.revision
             and last.reason == rec.reason

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import pytest
 
+from agent import health
 from agent.errors import DockerUnavailable
 from agent.health import judge, service_health, snapshot_problems, wait_healthy
 from agent.plan import ObservedContainer
@@ -136,13 +137,13 @@ def test_wait_healthy_waits_through_starting_until_healthy():
     assert obs.calls["n"] == 3  # type: ignore[attr-defined]
 
 
-def test_wait_healthy_unhealthy_fails_at_once_with_the_check_output():
+def test_wait_healthy_unhealthy_fails_after_confirmation_with_the_check_output():
+    """No waiting out the timeout: only the short confirmation window."""
     clock = FakeClock()
     obs = script({"web": [c(health="unhealthy", output="HTTP 500 from /healthz")]})
-    reason = run(obs, clock)
+    reason = run(obs, clock, timeout=120)
     assert reason == "web: container web-c1 is unhealthy: HTTP 500 from /healthz"
-    assert obs.calls["n"] == 1  # type: ignore[attr-defined]
-    assert clock.sleeps == []
+    assert sum(clock.sleeps) < health.CONFIRM_SECONDS + 1
 
 
 def test_wait_healthy_exit_code_zero_counts_as_failure():
@@ -253,3 +254,20 @@ def test_snapshot_problems_lists_services_not_healthy_or_running():
     assert snapshot_problems({"web": 1, "api": 1, "db": 1}, observed) == [
         "api is restarting", "db is missing"
     ]
+
+
+def test_a_failure_is_confirmed_before_it_is_the_verdict():
+    """Seen failing, then the engine goes away within the confirmation window: a daemon
+    shutting down stopped the container, so the release is not judged."""
+    clock = FakeClock()
+    obs = script({"web": [c(status="exited", health=None)]}, DockerUnavailable("gone"))
+    with pytest.raises(DockerUnavailable, match="exited"):
+        run(obs, clock)
+
+
+def test_a_confirmed_failure_takes_the_confirmation_window_and_no_longer():
+    clock = FakeClock()
+    t0 = clock()
+    reason = run(script({"web": [c(health="unhealthy", output="HTTP 500")]}), clock)
+    assert reason == "web: container web-c1 is unhealthy: HTTP 500"
+    assert health.CONFIRM_SECONDS <= clock() - t0 < health.CONFIRM_SECONDS + 1

@@ -26,9 +26,11 @@ from fakes import (
 )
 from structlog.testing import capture_logs
 
+from agent import health
 from agent.config import parse_config
 from agent.errors import StateWriteError
 from agent.outcomes import PassResult
+from agent.ports import GateAnswer, GateQuestion
 from agent.reconcile import Reconciler
 
 REG = "registry.test:5000"
@@ -81,7 +83,9 @@ def _reconciler(tmp: Path, source: FakeSource, engine: FakeEngine,
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    # the confirmation window of a failing health check has its own tests (test_health.py)
+    monkeypatch.setattr(health, "CONFIRM_SECONDS", 0.05)
     engine = FakeEngine()
     for image in (WEB, API):
         engine.publish(image, V1, HEALTHY)
@@ -490,3 +494,40 @@ def test_observers_hear_a_release_and_cannot_break_it(world: World) -> None:
     assert result.services["web"].digest == V1 and result.services["web"].health == "healthy"
     world.sync()
     assert good.calls[-1] == ("finished", "no-op") and len(good.calls) == 3
+
+
+# ------------------------------------------------------------------ gates
+class Gatekeeper:
+    def __init__(self, answer: GateAnswer | None) -> None:
+        self.answer = answer
+        self.asked: list[GateQuestion] = []
+
+    def check(self, question: GateQuestion) -> GateAnswer | None:
+        self.asked.append(question)
+        return self.answer
+
+
+def test_a_gate_ends_the_pass_before_anything_is_pulled_or_touched(deployed: World) -> None:
+    before = deployed.ids("web")
+    pulls = list(deployed.engine.pulls)
+    rev = deployed.release(V2, V1)
+    gate = Gatekeeper(GateAnswer("held", "waiting for wave canary"))
+    deployed.rec.gates = [gate]
+    result, logs = deployed.sync()
+    assert (result.outcome, result.exit_code, result.reason) == (
+        "held", 0, "waiting for wave canary")
+    assert deployed.ids("web") == before and deployed.engine.pulls == pulls
+    assert gate.asked == [GateQuestion(rev, ("web",), converging=False, force=False)]
+    assert "agent.gate.held" in [e["event"] for e in logs]
+    assert deployed.state()["last_attempted"]["outcome"] == "held"
+    deployed.sync()
+    assert deployed.state()["history"][0]["repeats"] == 2  # folded like idle passes
+
+
+def test_gates_that_let_the_pass_go_on_see_a_converging_failed_revision(deployed: World) -> None:
+    deployed.release(BAD, V1)
+    gate = Gatekeeper(None)
+    deployed.rec.gates = [gate]
+    assert deployed.sync()[0].outcome == "rolled-back"
+    deployed.sync()
+    assert [q.converging for q in gate.asked] == [False, True]
