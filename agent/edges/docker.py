@@ -280,6 +280,50 @@ class DockerEngine:
             except docker.errors.NotFound:
                 pass
 
+    def start_container(self, container_id: str) -> None:
+        """Start a container compose created without starting it (``up --no-start``)."""
+        with self._api("start"):
+            self.client.api.start(container_id)
+
+    def set_alias(self, container_id: str, alias: str, *, present: bool) -> bool:
+        """Make ``alias`` (a service's name) resolvable, or not, to this container on every
+        network it is attached to with aliases (user-defined networks); its other aliases
+        stay. The engine cannot edit an endpoint's aliases in place, so each network whose
+        aliases must change is disconnected and connected again with the new list, asking
+        for the same IPv4 address (granted on networks with a configured subnet; elsewhere
+        the engine hands out the lowest free address, which is the one just released).
+        Idempotent: returns whether anything changed."""
+        with self._api("network reconnect"):
+            try:
+                attrs = self.client.api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return False
+            short_id = attrs["Id"][:12]
+            networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+            changed = False
+            for net, ep in sorted(networks.items()):
+                aliases = [a for a in (ep.get("Aliases") or []) if a != short_id]
+                if not aliases and not present:
+                    continue  # no aliases here (the default bridge): nothing resolves by name
+                if (alias in aliases) == present:
+                    continue
+                want = [*aliases, alias] if present else [a for a in aliases if a != alias]
+                ip = ep.get("IPAddress") or None
+                self.client.api.disconnect_container_from_network(container_id, net)
+                try:
+                    self.client.api.connect_container_to_network(
+                        container_id, net, aliases=want, ipv4_address=ip)
+                except docker.errors.APIError:
+                    if ip is None:
+                        raise
+                    # "user specified IP address is supported only ... configured subnets"
+                    self.client.api.connect_container_to_network(container_id, net,
+                                                                 aliases=want)
+                log.info("agent.apply.alias_set", container=attrs.get("Name", "").lstrip("/"),
+                         network=net, alias=alias, present=present)
+                changed = True
+            return changed
+
     # ------------------------------------------------------------------ images
     def has_image(self, image: str, digest: str) -> bool:
         """The image is local *and* carries the manifest digest asked for."""
