@@ -111,9 +111,9 @@ def main() -> int:
     ok = all(summary[c]["failed_max"] == 0 for c in ("start-first good", "start-first bad")
              if c in summary)
     print(f"target (start-first: 0 failed requests, good and bad): {'met' if ok else 'MISSED'}")
-    write_results("zero_downtime" if args.front == "haproxy" else "zero_downtime_caddy", {"summary": summary, "runs": results,
-                                                  "agent": str(Path(agent.__file__).parent)},
-                  args.json)
+    name = "zero_downtime" if args.front == "haproxy" else "zero_downtime_caddy"
+    write_results(name, {"summary": summary, "runs": results,
+                         "agent": str(Path(agent.__file__).parent)}, args.json)
     return 0
 
 
