@@ -48,7 +48,14 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--front", choices=("haproxy", "caddy"), default="haproxy")
     ap.add_argument("--orders", default="start-first,stop-first")
+    ap.add_argument("--stop-old-in-name", action="store_true",
+                    help="start-first: stop the old container without first taking it out "
+                         "of the service's name (to compare the two retirement orders)")
     args = ap.parse_args()
+    if args.stop_old_in_name:
+        from agent import strategies
+
+        strategies.StartFirst.withhold_old = False
     orders = [o for o in args.orders.split(",") if o]
     reps = 1 if args.quick else args.reps
     retry.set_fast(True)
