@@ -183,11 +183,15 @@ def proxy_service_yaml(port: int, cfg_path: Path) -> str:
         """), "  ")
 
 
+SLOW = 0.25
+
+
 @dataclass
 class LoadReport:
     sent: int = 0
     failed: int = 0
     slowest: float = 0.0
+    slow: int = 0  # responses slower than SLOW seconds
     bodies: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -217,6 +221,7 @@ class LoadClient:
             rep = self.report
             rep.sent += 1
             rep.slowest = max(rep.slowest, took)
+            rep.slow += took > SLOW
             if ok:
                 rep.bodies[key] = rep.bodies.get(key, 0) + 1
             else:
