@@ -50,6 +50,11 @@ class Engine(Protocol):
 
     def start_container(self, container_id: str) -> None: ...
 
+    def ensure_connected(self, container_id: str, project: str,
+                         networks: Mapping[str, Sequence[str]], alias: str | None) -> list[str]:
+        """Connect the container to the compose networks (key -> declared aliases) it lacks."""
+        ...
+
     def set_alias(self, container_id: str, alias: str, *, present: bool) -> bool:
         """Make ``alias`` resolve, or not, to the container on its networks (other aliases
         kept). Idempotent; returns whether anything changed."""

@@ -116,6 +116,7 @@ class StartFirst(UpdateStrategy):
         for s in changed:
             for c in observed.get(s, ()):
                 if c.digest == release.target[s].digest and c.status == "created":
+                    self._reconnect_lost(s, c, None)
                     engine.set_alias(c.container_id, s, present=False)  # withheld
                     engine.start_container(c.container_id)
                     log.info("agent.apply.started_withheld", service=s, container=c.name,
@@ -133,6 +134,7 @@ class StartFirst(UpdateStrategy):
             containers, digest = observed.get(s, ()), release.target[s].digest
             for c in containers:
                 if c.digest == digest and c.status == "running":
+                    self._reconnect_lost(s, c, s)
                     if engine.set_alias(c.container_id, s, present=True):
                         log.info("agent.apply.admitted", service=s, container=c.name)
             retiring += [(s, c) for c in containers if c.digest != digest]
@@ -162,12 +164,24 @@ class StartFirst(UpdateStrategy):
                 if c.digest == new:
                     self.kit.engine.stop_and_remove(c.container_id)
             for c in old:
+                self._reconnect_lost(s, c, s)
                 self.kit.engine.set_alias(c.container_id, s, present=True)
             log.info("agent.rollback.start_first", service=s, kept=[c.name for c in old],
                      message="new container removed; the old one never stopped")
             withdrawn.append(s)
         rest = [s for s in services if s not in withdrawn]
         return recreate_previous(self.kit, rest, release)
+
+    def _reconnect_lost(self, service: str, c: ObservedContainer, alias: str | None) -> None:
+        """A pass killed between a network disconnect and its connect leaves the container
+        off that network: connect it again (the networks the compose model gives it)."""
+        spec = self.kit.compose.services().get(service) or {}
+        if spec.get("network_mode"):
+            return  # host, none, another container's: no networks of its own
+        nets = {k: list((v or {}).get("aliases") or [])
+                for k, v in (spec.get("networks") or {}).items()}
+        if nets:
+            self.kit.engine.ensure_connected(c.container_id, self.kit.project, nets, alias)
 
 
 STRATEGIES: dict[UpdateOrder, type[UpdateStrategy]] = {

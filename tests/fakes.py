@@ -186,6 +186,20 @@ class FakeEngine:
                 changed = True
         return changed
 
+    def ensure_connected(self, container_id: str, project: str,
+                         networks: Mapping[str, Sequence[str]], alias: str | None) -> list[str]:
+        self._check("ensure_connected")
+        c = self.containers.get(container_id)
+        if c is None:
+            return []
+        done = []
+        for key, declared in sorted(networks.items()):
+            if key not in c.aliases:
+                c.aliases[key] = [f"{project}-{c.service}-{c.id}", *declared,
+                                  *([alias] if alias else [])]
+                done.append(key)
+        return done
+
     def resolve(self, name: str) -> set[str]:
         """What Docker's DNS answers for ``name`` on the project's network: the running
         containers carrying it as an alias."""
@@ -199,17 +213,22 @@ class FakeEngine:
         pass
 
     # ---- for FakeCompose
-    def create(self, service: str, image: str) -> Container:
-        """As compose creates a container: on the project network, resolvable by its
-        service's name and its own."""
+    def create(self, service: str, image: str,
+               networks: Mapping[str, Sequence[str]] | None = None) -> Container:
+        """As compose creates a container: on each of its networks (compose key -> declared
+        aliases; the project's default network when none), resolvable by its own name, its
+        service's name and the declared aliases."""
         self._seq += 1
+        name = f"shop-{service}-{self._seq}"
         c = Container(id=f"c{self._seq}", service=service, image=image, status="created",
-                      aliases={"default": [f"shop-{service}-{self._seq}", service]})
+                      aliases={k: [name, service, *v]
+                               for k, v in (networks or {"default": []}).items()})
         self.containers[c.id] = c
         return c
 
-    def start(self, service: str, image: str) -> Container:
-        c = self.create(service, image)
+    def start(self, service: str, image: str,
+              networks: Mapping[str, Sequence[str]] | None = None) -> Container:
+        c = self.create(service, image, networks)
         self.start_container(c.id)
         return c
 
@@ -267,11 +286,13 @@ class FakeCompose:
                 for c in mine:
                     self.engine.containers.pop(c.id)
                 mine = []
+            nets = {k: list((v or {}).get("aliases") or [])
+                    for k, v in (self.model.get(s, {}).get("networks") or {}).items()}
             for _ in range(max(0, want - len(mine))):
                 if start:
-                    self.engine.start(s, image)
+                    self.engine.start(s, image, nets or None)
                 else:
-                    self.engine.create(s, image)
+                    self.engine.create(s, image, nets or None)
 
     def remove(self, services: Sequence[str]) -> None:
         self.engine._check("compose-rm")

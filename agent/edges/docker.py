@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,6 +33,7 @@ log = structlog.get_logger()
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
+NETWORK_LABEL = "com.docker.compose.network"
 
 _AUTH_MARKERS = (
     "unauthorized",
@@ -323,6 +324,36 @@ class DockerEngine:
                          network=net, alias=alias, present=present)
                 changed = True
             return changed
+
+    def ensure_connected(self, container_id: str, project: str,
+                         networks: Mapping[str, Sequence[str]], alias: str | None) -> list[str]:
+        """Connect the container to any of ``networks`` (compose's network keys -> the
+        aliases the service declares there) it is not attached to — what a process killed
+        between a network disconnect and its connect leaves — with its own name, the
+        declared aliases and ``alias`` when given. Returns the keys connected."""
+        with self._api("network connect"):
+            try:
+                attrs = self.client.api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return []
+            attached = set((attrs.get("NetworkSettings") or {}).get("Networks") or {})
+            by_key = {
+                (n.get("Labels") or {}).get(NETWORK_LABEL): n["Name"]
+                for n in self.client.api.networks(filters={"label": f"{PROJECT_LABEL}={project}"})
+            }
+            name = attrs.get("Name", "").lstrip("/")
+            done = []
+            for key, declared in sorted(networks.items()):
+                net = by_key.get(key) or f"{project}_{key}"
+                if net in attached:
+                    continue
+                aliases = [name, *declared, *([alias] if alias else [])]
+                self.client.api.connect_container_to_network(container_id, net, aliases=aliases)
+                log.warning("agent.apply.network_reconnected", container=name, network=net,
+                            message="the container had lost this network (a pass killed "
+                                    "mid-reconnect); connected again")
+                done.append(key)
+            return done
 
     # ------------------------------------------------------------------ images
     def has_image(self, image: str, digest: str) -> bool:

@@ -106,3 +106,31 @@ def test_a_new_container_is_resolvable_by_the_service_name_only_once_healthy(two
     assert {"web", new.name} <= set(eps["default"]["Aliases"])
     assert {"web", "web-alt", new.name} <= set(eps["back"]["Aliases"])
     assert _resolve(h, "web") == {eps["default"]["IPAddress"]}
+
+
+def test_killed_mid_reconnect_the_next_pass_puts_the_container_back_on_its_network(
+        two_networks):
+    """Docker cannot edit aliases in place; a pass killed between a network disconnect and
+    its connect leaves the new container off that network. The next pass connects it again
+    with the aliases compose declares, and admits it."""
+    import signal
+
+    h = two_networks
+    _release(h, "web-v1")
+    assert h.sync().code == 0
+    _release(h, "web-v2")
+    p = h.cli_subprocess("sync", env={"GITOPS_AGENT_FAILPOINTS": "during-health"})
+    assert p.returncode == -signal.SIGKILL
+    (new,) = [c for c in h.containers("web") if "@" + h.images["web-v2"] in
+              c.attrs["Config"]["Image"]]
+    h.client.networks.get(f"{h.project.name}_back").disconnect(new.id)  # the kill's leftover
+    assert "back" not in _endpoints(h, new)
+
+    r = h.sync()
+    assert r.code == 0, r.summary()
+    (only,) = h.containers("web")
+    assert only.id == new.id
+    eps = _endpoints(h, only)
+    assert {"web", "web-alt", only.name} <= set(eps["back"]["Aliases"])
+    assert "web" in eps["default"]["Aliases"]
+    assert r.find("agent.apply.network_reconnected")

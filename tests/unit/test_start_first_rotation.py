@@ -46,7 +46,11 @@ class Shop:
             self.engine.publish(image, V1, HEALTHY)
             self.engine.publish(image, V2, HEALTHY)
             self.engine.publish(image, BAD, UNHEALTHY)
-        self.compose = FakeCompose(self.engine, model={"web": {}, "api": {}})
+        # web on two networks, with a declared alias on the second (as `docker compose
+        # config` gives the model)
+        self.compose = FakeCompose(self.engine, model={
+            "web": {"networks": {"default": None, "back": {"aliases": ["web-alt"]}}},
+            "api": {"networks": {"default": None}}})
         self.source = FakeSource()
         self.restart()
 
@@ -97,6 +101,7 @@ def test_a_new_container_joins_the_service_name_only_after_it_is_healthy(shop: S
     assert shop.engine.resolve("web") == new
     (c,) = shop.engine.of("web")
     assert c.aliases["default"][0].startswith("shop-web-")  # its own name kept
+    assert set(c.aliases["back"]) == {c.aliases["default"][0], "web", "web-alt"}
     events = [e["event"] for e in logs]
     assert events.index("agent.apply.started_withheld") < events.index("agent.health.ok")
     assert "agent.apply.admitted" in events
@@ -158,3 +163,23 @@ def test_killed_after_create_before_start_the_next_pass_starts_it_out_of_rotatio
     (new,) = shop.web()
     assert new not in old and shop.engine.resolve("web") == {new}
     assert shop.compose.ups[-1][1] == {"web": 2}  # the created one counted, not a third
+
+
+def test_killed_between_a_network_disconnect_and_connect_the_next_pass_reconnects_it(
+        shop: Shop) -> None:
+    """The engine has no atomic alias edit: a kill between the disconnect and the connect
+    leaves the container off that network. The next pass connects it again, with the
+    aliases the compose model declares."""
+    shop.release(V2)
+    shop.engine.kill_on = "observe-detail"
+    with pytest.raises(Killed):
+        shop.sync()
+    shop.engine.kill_on = None
+    (new,) = [c for c in shop.engine.of("web") if c.digest == V2]
+    del new.aliases["back"]  # what the kill mid-reconnect leaves
+    shop.restart()
+    result, logs = shop.sync()
+    assert result.outcome == "applied", result.reason
+    (c,) = shop.engine.of("web")
+    assert c.id == new.id
+    assert {"web", "web-alt"} <= set(c.aliases["back"]) and "web" in c.aliases["default"]
