@@ -48,6 +48,18 @@ class Engine(Protocol):
 
     def stop_and_remove(self, container_id: str) -> None: ...
 
+    def start_container(self, container_id: str) -> None: ...
+
+    def ensure_connected(self, container_id: str, project: str,
+                         networks: Mapping[str, Sequence[str]], alias: str | None) -> list[str]:
+        """Connect the container to the compose networks (key -> declared aliases) it lacks."""
+        ...
+
+    def set_alias(self, container_id: str, alias: str, *, present: bool) -> bool:
+        """Make ``alias`` resolve, or not, to the container on its networks (other aliases
+        kept). Idempotent; returns whether anything changed."""
+        ...
+
     def answers(self) -> bool: ...
 
     def close(self) -> None: ...
@@ -72,6 +84,7 @@ class ComposeProject(Protocol):
         pull: str = "never",
         scale: Mapping[str, int] | None = None,
         no_recreate: bool = False,
+        start: bool = True,
     ) -> None: ...
 
     def remove(self, services: Sequence[str]) -> None: ...

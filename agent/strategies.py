@@ -4,8 +4,9 @@
   the new one starts. Undo recreates it at the previous digest (or removes it when it had
   no previous release).
 * :class:`StartFirst` — new containers start beside the old ones (``--scale`` with
-  ``--no-recreate``); the old ones keep serving until the new ones are healthy. Commit
-  retires the old ones after ``handover_seconds``; undo removes the new ones, and the old
+  ``--no-recreate``), out of rotation: not resolvable by the service's name until healthy;
+  the old ones keep serving. Commit admits the new ones, takes the old ones out of the
+  name, waits ``handover_seconds`` and stops them; undo removes the new ones, and the old
   ones never stopped. Where no old container runs any more (an earlier pass was killed
   half-way), undo falls back to recreating the previous digest.
 
@@ -76,7 +77,30 @@ class StopFirst(UpdateStrategy):
 
 
 class StartFirst(UpdateStrategy):
+    """Start-first, with rotation by name: a container is reachable under its service's
+    name on the project's networks (Docker's DNS, what a DNS-only proxy follows) only while
+    it should take traffic.
+
+    * apply: compose *creates* the new containers (``--no-start``); each is connected to
+      its networks without the service's name (its other aliases kept), then started. A
+      proxy that discovers backends by that name does not see it.
+    * verify (the pass): the new containers become healthy; the health check runs inside
+      the container and needs no DNS.
+    * commit: admit the new containers (the service's name back on every network), take
+      the old ones out of the name, wait ``handover_seconds`` (proxies re-resolve, requests
+      in flight finish), stop the old ones gracefully.
+    * undo: remove the new containers — never resolvable by the service's name.
+
+    Crash-safe without any record: "withheld" is read from the engine (the service's name
+    missing from a container's aliases). A killed pass leaves a mix of digests, so the next
+    pass changes the service again: apply starts what was only created, commit admits what
+    was withheld and retires the rest.
+    """
+
     order = "start-first"
+    # Take the old containers out of the service's name before the handover (True), or
+    # only stop them after it (False: what BENCHMARKS.md compares against).
+    withhold_old: ClassVar[bool] = True
 
     def apply(self, services: Sequence[str], release: Release) -> None:
         changed = [s for s in services if s in release.plan.changed_services]
@@ -85,24 +109,49 @@ class StartFirst(UpdateStrategy):
         scale = {s: start_first_scale(release.observed.get(s, ()), release.target[s].digest,
                                       release.declared.get(s, 1)) for s in changed}
         log.info("agent.apply.start_first", services=changed, scale=scale,
-                 message="new containers start beside the old ones")
-        self.kit.compose.up(changed, pull="never", scale=scale, no_recreate=True)
+                 message="new containers start beside the old ones, out of rotation")
+        self.kit.compose.up(changed, pull="never", scale=scale, no_recreate=True, start=False)
+        engine = self.kit.engine
+        observed = self.kit.observe(changed)
+        for s in changed:
+            for c in observed.get(s, ()):
+                if c.digest == release.target[s].digest and c.status == "created":
+                    self._reconnect_lost(s, c, None)
+                    engine.set_alias(c.container_id, s, present=False)  # withheld
+                    engine.start_container(c.container_id)
+                    log.info("agent.apply.started_withheld", service=s, container=c.name,
+                             message="running, not yet resolvable by the service's name")
 
     def commit(self, services: Sequence[str], release: Release) -> None:
-        """The new containers are healthy: stop the old ones gracefully and remove them."""
-        if self.kit.handover_seconds > 0:
-            log.info("agent.apply.handover", services=list(services),
+        """The new containers are healthy: put them into rotation, take the old ones out,
+        wait the handover, stop the old ones gracefully and remove them."""
+        engine = self.kit.engine
+        observed = self.kit.observe(services)
+        retiring = []
+        for s in services:
+            if s not in release.target:
+                continue
+            containers, digest = observed.get(s, ()), release.target[s].digest
+            for c in containers:
+                if c.digest == digest and c.status == "running":
+                    self._reconnect_lost(s, c, s)
+                    if engine.set_alias(c.container_id, s, present=True):
+                        log.info("agent.apply.admitted", service=s, container=c.name)
+            retiring += [(s, c) for c in containers if c.digest != digest]
+        for s, c in retiring:
+            if c.status == "running" and self.withhold_old:
+                engine.set_alias(c.container_id, s, present=False)
+        if retiring and self.kit.handover_seconds > 0:
+            log.info("agent.apply.handover", services=sorted({s for s, _ in retiring}),
                      seconds=self.kit.handover_seconds)
             self.kit.sleep(self.kit.handover_seconds)
-        for s, containers in sorted(self.kit.observe(services).items()):
-            for c in containers:
-                if s in release.target and c.digest != release.target[s].digest:
-                    log.info("agent.apply.retiring", service=s, container=c.name,
-                             digest=c.digest)
-                    self.kit.engine.stop_and_remove(c.container_id)
+        for s, c in retiring:
+            log.info("agent.apply.retiring", service=s, container=c.name, digest=c.digest)
+            engine.stop_and_remove(c.container_id)
 
     def undo(self, services: Sequence[str], release: Release) -> list[str]:
-        """Remove the new containers where the old ones still run; recreate the rest."""
+        """Remove the new containers where the old ones still run (and make sure those are
+        in rotation); recreate the rest."""
         observed = self.kit.observe(services)
         withdrawn = []
         for s in services:
@@ -114,11 +163,25 @@ class StartFirst(UpdateStrategy):
             for c in containers:
                 if c.digest == new:
                     self.kit.engine.stop_and_remove(c.container_id)
+            for c in old:
+                self._reconnect_lost(s, c, s)
+                self.kit.engine.set_alias(c.container_id, s, present=True)
             log.info("agent.rollback.start_first", service=s, kept=[c.name for c in old],
                      message="new container removed; the old one never stopped")
             withdrawn.append(s)
         rest = [s for s in services if s not in withdrawn]
         return recreate_previous(self.kit, rest, release)
+
+    def _reconnect_lost(self, service: str, c: ObservedContainer, alias: str | None) -> None:
+        """A pass killed between a network disconnect and its connect leaves the container
+        off that network: connect it again (the networks the compose model gives it)."""
+        spec = self.kit.compose.services().get(service) or {}
+        if spec.get("network_mode"):
+            return  # host, none, another container's: no networks of its own
+        nets = {k: list((v or {}).get("aliases") or [])
+                for k, v in (spec.get("networks") or {}).items()}
+        if nets:
+            self.kit.engine.ensure_connected(c.container_id, self.kit.project, nets, alias)
 
 
 STRATEGIES: dict[UpdateOrder, type[UpdateStrategy]] = {
@@ -153,8 +216,10 @@ def start_first_scale(
     containers: Sequence[ObservedContainer], digest: str, declared: int
 ) -> int:
     """Total containers to ask compose for so that ``declared`` run the new digest while
-    every existing one stays (``--no-recreate``)."""
-    at_target = [c for c in containers if c.digest == digest and c.status == "running"]
+    every existing one stays (``--no-recreate``). A container at the digest that a killed
+    pass created but never started counts: this pass starts it."""
+    at_target = [c for c in containers
+                 if c.digest == digest and c.status in ("running", "created")]
     return len(containers) + max(0, declared - len(at_target))
 
 

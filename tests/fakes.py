@@ -85,6 +85,8 @@ class Container:
     status: str = "running"
     health: str | None = None
     exit_code: int = 0
+    # network -> the names resolving to this container there (Docker's DNS aliases)
+    aliases: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def digest(self) -> str | None:
@@ -158,6 +160,52 @@ class FakeEngine:
         self.containers.pop(container_id, None)
         self.removed.append(container_id)
 
+    def start_container(self, container_id: str) -> None:
+        self._check("start_container")
+        c = self.containers[container_id]
+        if c.status != "created":
+            return
+        c.status = "running"
+        behaviour = self.registry.get(c.image, NOHEALTH)
+        if behaviour == HEALTHY:
+            c.health = "healthy"
+        elif behaviour == UNHEALTHY:
+            c.health = "unhealthy"
+        elif behaviour == CRASH:
+            c.status, c.exit_code = "exited", 1
+
+    def set_alias(self, container_id: str, alias: str, *, present: bool) -> bool:
+        self._check("set_alias")
+        c = self.containers.get(container_id)
+        if c is None:
+            return False
+        changed = False
+        for net, names in c.aliases.items():
+            if (alias in names) != present:
+                c.aliases[net] = [*names, alias] if present else [n for n in names if n != alias]
+                changed = True
+        return changed
+
+    def ensure_connected(self, container_id: str, project: str,
+                         networks: Mapping[str, Sequence[str]], alias: str | None) -> list[str]:
+        self._check("ensure_connected")
+        c = self.containers.get(container_id)
+        if c is None:
+            return []
+        done = []
+        for key, declared in sorted(networks.items()):
+            if key not in c.aliases:
+                c.aliases[key] = [f"{project}-{c.service}-{c.id}", *declared,
+                                  *([alias] if alias else [])]
+                done.append(key)
+        return done
+
+    def resolve(self, name: str) -> set[str]:
+        """What Docker's DNS answers for ``name`` on the project's network: the running
+        containers carrying it as an alias."""
+        return {c.id for c in self.containers.values()
+                if c.status == "running" and any(name in a for a in c.aliases.values())}
+
     def answers(self) -> bool:
         return not self.down
 
@@ -165,17 +213,23 @@ class FakeEngine:
         pass
 
     # ---- for FakeCompose
-    def start(self, service: str, image: str) -> Container:
+    def create(self, service: str, image: str,
+               networks: Mapping[str, Sequence[str]] | None = None) -> Container:
+        """As compose creates a container: on each of its networks (compose key -> declared
+        aliases; the project's default network when none), resolvable by its own name, its
+        service's name and the declared aliases."""
         self._seq += 1
-        c = Container(id=f"c{self._seq}", service=service, image=image)
-        behaviour = self.registry.get(image, NOHEALTH)
-        if behaviour == HEALTHY:
-            c.health = "healthy"
-        elif behaviour == UNHEALTHY:
-            c.health = "unhealthy"
-        elif behaviour == CRASH:
-            c.status, c.exit_code = "exited", 1
+        name = f"shop-{service}-{self._seq}"
+        c = Container(id=f"c{self._seq}", service=service, image=image, status="created",
+                      aliases={k: [name, service, *v]
+                               for k, v in (networks or {"default": []}).items()})
         self.containers[c.id] = c
+        return c
+
+    def start(self, service: str, image: str,
+              networks: Mapping[str, Sequence[str]] | None = None) -> Container:
+        c = self.create(service, image, networks)
+        self.start_container(c.id)
         return c
 
     def of(self, service: str) -> list[Container]:
@@ -209,7 +263,8 @@ class FakeCompose:
         return str(ref or f"unpinned/{service}")
 
     def up(self, services: Sequence[str], *, pull: str = "never",
-           scale: Mapping[str, int] | None = None, no_recreate: bool = False) -> None:
+           scale: Mapping[str, int] | None = None, no_recreate: bool = False,
+           start: bool = True) -> None:
         if not services:
             return
         self.ups.append((list(services), dict(scale or {}), no_recreate))
@@ -231,8 +286,13 @@ class FakeCompose:
                 for c in mine:
                     self.engine.containers.pop(c.id)
                 mine = []
+            nets = {k: list((v or {}).get("aliases") or [])
+                    for k, v in (self.model.get(s, {}).get("networks") or {}).items()}
             for _ in range(max(0, want - len(mine))):
-                self.engine.start(s, image)
+                if start:
+                    self.engine.start(s, image, nets or None)
+                else:
+                    self.engine.create(s, image, nets or None)
 
     def remove(self, services: Sequence[str]) -> None:
         self.engine._check("compose-rm")

@@ -1,9 +1,12 @@
-"""A real reverse proxy in front of a test service, and a loopback load client.
+"""Real reverse proxies in front of a test service, and a loopback load client.
 
-The proxy is Debian's HAProxy 2.6 (the host's package), copied with its shared libraries
-into a FROM-scratch image. It discovers the service's containers through Docker's embedded
-DNS (``server-template`` + ``resolvers``) and checks their health itself (``/health``), as
-traefik does with Docker health: a container that is not healthy never gets traffic.
+* HAProxy: Debian's HAProxy 2.6 (the host's package), copied with its shared libraries
+  into a FROM-scratch image. It discovers the service's containers through Docker's
+  embedded DNS (``server-template`` + ``resolvers``) and checks their health itself
+  (``/health``), as traefik does with Docker health.
+* caddy: Debian's caddy 2.6 on a Debian base image, with ``dynamic a`` upstreams: it
+  follows Docker's DNS for the service's name and checks nothing. Whatever the name
+  resolves to gets traffic — the case the agent's rotation by name is for.
 """
 
 from __future__ import annotations
@@ -92,6 +95,84 @@ def build_proxy_image(client: docker.DockerClient, workdir: Path) -> str:
     return IMAGE
 
 
+DEBIAN_IMAGE = "local/debian:bookworm"
+CADDY_IMAGE = "local/caddy-test:1"
+
+CADDYFILE = """\
+{{
+\tadmin off
+\tauto_https off
+}}
+:8000 {{
+\treverse_proxy {{
+\t\tdynamic a {service} 8080 {{
+\t\t\trefresh 1s
+\t\t}}
+\t\tlb_policy round_robin
+\t\tlb_try_duration 2s
+\t\tlb_try_interval 50ms
+\t\ttransport http {{
+\t\t\tdial_timeout 300ms
+\t\t}}
+\t}}
+}}
+"""
+
+
+def _has_image(client: docker.DockerClient, ref: str) -> bool:
+    try:
+        client.images.get(ref)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def build_debian_image(client: docker.DockerClient, workdir: Path) -> str:
+    """``local/debian:bookworm`` from debootstrap (minbase), once; idempotent."""
+    if _has_image(client, DEBIAN_IMAGE):
+        return DEBIAN_IMAGE
+    if shutil.which("debootstrap") is None:
+        subprocess.run(["apt-get", "install", "-y", "debootstrap"], check=True,
+                       capture_output=True)
+    root = workdir / "debian-root"
+    shutil.rmtree(root, ignore_errors=True)
+    subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(root)], check=True,
+                   capture_output=True, timeout=900)
+    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+    subprocess.run(["docker", "import", "-", DEBIAN_IMAGE], stdin=tar.stdout, check=True,
+                   capture_output=True)
+    tar.wait()
+    shutil.rmtree(root, ignore_errors=True)
+    return DEBIAN_IMAGE
+
+
+def build_caddy_image(client: docker.DockerClient, workdir: Path) -> str:
+    """``local/caddy-test:1``: Debian's caddy package on the Debian base image, once."""
+    if _has_image(client, CADDY_IMAGE):
+        return CADDY_IMAGE
+    build_debian_image(client, workdir)
+    ctx = workdir / "caddy-ctx"
+    ctx.mkdir(parents=True, exist_ok=True)
+    (ctx / "Dockerfile").write_text(
+        f"FROM {DEBIAN_IMAGE}\n"
+        "RUN apt-get update && apt-get install -y --no-install-recommends caddy "
+        "&& rm -rf /var/lib/apt/lists/*\n"
+        'ENTRYPOINT ["caddy"]\n')
+    client.images.build(path=str(ctx), tag=CADDY_IMAGE, rm=True)
+    return CADDY_IMAGE
+
+
+def caddy_service_yaml(port: int, cfg_path: Path) -> str:
+    return textwrap.indent(textwrap.dedent(f"""\
+        proxy:
+          image: {CADDY_IMAGE}
+          command: ["run", "--config", "/cfg/Caddyfile", "--adapter", "caddyfile"]
+          ports: ["127.0.0.1:{port}:8000"]
+          volumes: ["{cfg_path}:/cfg/Caddyfile:ro"]
+          stop_grace_period: 1s
+        """), "  ")
+
+
 def proxy_service_yaml(port: int, cfg_path: Path) -> str:
     return textwrap.indent(textwrap.dedent(f"""\
         proxy:
@@ -102,11 +183,15 @@ def proxy_service_yaml(port: int, cfg_path: Path) -> str:
         """), "  ")
 
 
+SLOW = 0.25
+
+
 @dataclass
 class LoadReport:
     sent: int = 0
     failed: int = 0
     slowest: float = 0.0
+    slow: int = 0  # responses slower than SLOW seconds
     bodies: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -136,6 +221,7 @@ class LoadClient:
             rep = self.report
             rep.sent += 1
             rep.slowest = max(rep.slowest, took)
+            rep.slow += took > SLOW
             if ok:
                 rep.bodies[key] = rep.bodies.get(key, 0) + 1
             else:
@@ -166,18 +252,26 @@ def wait_serving(url: str, body: str, timeout: float = 30) -> None:
     raise AssertionError(f"{url} never answered {body!r}")
 
 
-def add_proxy(h: "Harness", workdir: Path, service: str = "web") -> str:  # noqa: UP037
-    """Put an HAProxy service in front of ``service`` in the harness's compose project;
+def add_proxy(h: "Harness", workdir: Path, service: str = "web",  # noqa: UP037
+              front: str = "haproxy") -> str:
+    """Put a proxy (``haproxy`` or ``caddy``; caddy's image must be built already, see
+    :func:`build_caddy_image`) in front of ``service`` in the harness's compose project;
     returns the proxy's URL on 127.0.0.1."""
     import rig
 
-    build_proxy_image(h.client, workdir)
     port = rig.free_port()
-    cfg = h.project.root / "haproxy.cfg"
-    cfg.write_text(HAPROXY_CFG.format(service=service))
+    if front == "caddy":
+        cfg = h.project.root / "Caddyfile"
+        cfg.write_text(CADDYFILE.format(service=service))
+        yaml = caddy_service_yaml(port, cfg)
+    else:
+        build_proxy_image(h.client, workdir)
+        cfg = h.project.root / "haproxy.cfg"
+        cfg.write_text(HAPROXY_CFG.format(service=service))
+        yaml = proxy_service_yaml(port, cfg)
     compose = h.project.project_dir / "compose.yml"
     text = compose.read_text().replace(
-        "volumes:\n  webdata:", proxy_service_yaml(port, cfg) + "volumes:\n  webdata:")
+        "volumes:\n  webdata:", yaml + "volumes:\n  webdata:")
     compose.write_text(text)
     return f"http://127.0.0.1:{port}/"
 

@@ -191,16 +191,19 @@ class Compose:
         pull: str = "never",
         scale: Mapping[str, int] | None = None,
         no_recreate: bool = False,
+        start: bool = True,
     ) -> None:
         """Create or recreate ``services`` only (no dependencies), never building.
 
         With ``no_recreate`` and ``scale``, existing containers are left as they are and
         new ones (from the current model, i.e. the new digest) are added beside them:
-        the first half of a start-first update.
+        the first half of a start-first update. Without ``start`` they are only created
+        (``--no-start``), for the caller to prepare and start.
         """
         if not services:
             return
-        args = [*self._base(), "up", "--detach", "--no-deps", "--no-build", "--pull", pull]
+        args = [*self._base(), "up", "--detach" if start else "--no-start", "--no-deps",
+                "--no-build", "--pull", pull]
         if no_recreate:
             args.append("--no-recreate")
         for name, n in sorted((scale or {}).items()):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,6 +33,7 @@ log = structlog.get_logger()
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
+NETWORK_LABEL = "com.docker.compose.network"
 
 _AUTH_MARKERS = (
     "unauthorized",
@@ -279,6 +280,80 @@ class DockerEngine:
                 self.client.api.remove_container(container_id)
             except docker.errors.NotFound:
                 pass
+
+    def start_container(self, container_id: str) -> None:
+        """Start a container compose created without starting it (``up --no-start``)."""
+        with self._api("start"):
+            self.client.api.start(container_id)
+
+    def set_alias(self, container_id: str, alias: str, *, present: bool) -> bool:
+        """Make ``alias`` (a service's name) resolvable, or not, to this container on every
+        network it is attached to with aliases (user-defined networks); its other aliases
+        stay. The engine cannot edit an endpoint's aliases in place, so each network whose
+        aliases must change is disconnected and connected again with the new list, asking
+        for the same IPv4 address (granted on networks with a configured subnet; elsewhere
+        the engine hands out the lowest free address, which is the one just released).
+        Idempotent: returns whether anything changed."""
+        with self._api("network reconnect"):
+            try:
+                attrs = self.client.api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return False
+            short_id = attrs["Id"][:12]
+            networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+            changed = False
+            for net, ep in sorted(networks.items()):
+                aliases = [a for a in (ep.get("Aliases") or []) if a != short_id]
+                if not aliases and not present:
+                    continue  # no aliases here (the default bridge): nothing resolves by name
+                if (alias in aliases) == present:
+                    continue
+                want = [*aliases, alias] if present else [a for a in aliases if a != alias]
+                ip = ep.get("IPAddress") or None
+                self.client.api.disconnect_container_from_network(container_id, net)
+                try:
+                    self.client.api.connect_container_to_network(
+                        container_id, net, aliases=want, ipv4_address=ip)
+                except docker.errors.APIError:
+                    if ip is None:
+                        raise
+                    # "user specified IP address is supported only ... configured subnets"
+                    self.client.api.connect_container_to_network(container_id, net,
+                                                                 aliases=want)
+                log.info("agent.apply.alias_set", container=attrs.get("Name", "").lstrip("/"),
+                         network=net, alias=alias, present=present)
+                changed = True
+            return changed
+
+    def ensure_connected(self, container_id: str, project: str,
+                         networks: Mapping[str, Sequence[str]], alias: str | None) -> list[str]:
+        """Connect the container to any of ``networks`` (compose's network keys -> the
+        aliases the service declares there) it is not attached to — what a process killed
+        between a network disconnect and its connect leaves — with its own name, the
+        declared aliases and ``alias`` when given. Returns the keys connected."""
+        with self._api("network connect"):
+            try:
+                attrs = self.client.api.inspect_container(container_id)
+            except docker.errors.NotFound:
+                return []
+            attached = set((attrs.get("NetworkSettings") or {}).get("Networks") or {})
+            by_key = {
+                (n.get("Labels") or {}).get(NETWORK_LABEL): n["Name"]
+                for n in self.client.api.networks(filters={"label": f"{PROJECT_LABEL}={project}"})
+            }
+            name = attrs.get("Name", "").lstrip("/")
+            done = []
+            for key, declared in sorted(networks.items()):
+                net = by_key.get(key) or f"{project}_{key}"
+                if net in attached:
+                    continue
+                aliases = [name, *declared, *([alias] if alias else [])]
+                self.client.api.connect_container_to_network(container_id, net, aliases=aliases)
+                log.warning("agent.apply.network_reconnected", container=name, network=net,
+                            message="the container had lost this network (a pass killed "
+                                    "mid-reconnect); connected again")
+                done.append(key)
+            return done
 
     # ------------------------------------------------------------------ images
     def has_image(self, image: str, digest: str) -> bool:

@@ -70,11 +70,22 @@ def test_killed_with_two_containers_up_converges_to_exactly_one(harness):
     p = harness.cli_subprocess("sync", env={"GITOPS_AGENT_FAILPOINTS": "during-health"})
     assert p.returncode == -signal.SIGKILL
     assert len(harness.containers("web")) == 2
+    # killed with the new container out of rotation: not resolvable by the service's name
+    assert sorted("web" in _aliases(c) for c in harness.containers("web")) == [False, True]
     r = harness.sync()
     assert r.code == 0, r.summary()
     (only,) = harness.containers("web")
     assert harness.running_digest("web") == harness.images["web-v2"]
     assert only.status == "running"
+    assert "web" in _aliases(only)  # the next pass admitted it
+
+
+def _aliases(c) -> set[str]:  # type: ignore[no-untyped-def]
+    """The container's aliases on its project's default network."""
+    c.reload()
+    (ep,) = [ep for n, ep in c.attrs["NetworkSettings"]["Networks"].items()
+             if n.endswith("_default")]
+    return set(ep.get("Aliases") or [])
 
 
 def test_killed_with_two_containers_up_of_a_bad_release_keeps_the_old_one(harness):
