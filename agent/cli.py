@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="the daemon: a pass every interval; SIGHUP for one now")
 
+    s = sub.add_parser("freeze", help="stop applying new revisions on this host")
+    s.add_argument("--reason", required=True, help="shown in status and history")
+    sub.add_parser("unfreeze", help="resume applying new revisions")
+    s = sub.add_parser("rollback", help="back to the previous applied release from local "
+                       "images (no git, no registry when the images are local); then frozen")
+    s.add_argument("--to", default=None, metavar="REVISION",
+                   help="a recorded release (see status) instead of the previous one")
+
     from agent.bump_cli import add_bump_parser
 
     add_bump_parser(sub)
@@ -101,6 +109,10 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
             return cmd_diff(cfg)
         if args.command == "history":
             return cmd_history(cfg, as_json=args.json, n=args.n)
+        if args.command in ("freeze", "unfreeze", "rollback"):
+            from agent.controls_cli import cmd_control
+
+            return cmd_control(cfg, args)
         if args.command == "run":
             from agent.daemon import run_daemon
 
@@ -121,7 +133,10 @@ def _reconciler(cfg: AgentConfig, *, report: bool = False) -> Reconciler:
         from agent.report import build_observers
 
         observers = build_observers(cfg)
-    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers)
+    from agent.controls import build_gates
+
+    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers,
+                      gates=build_gates(cfg))
 
 
 def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:
@@ -174,6 +189,8 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
         print(json.dumps(view.to_json(), indent=2))
         return EXIT_OK
     print(f"project {view.project}   desired revision {_short(view.desired_revision)}")
+    if view.frozen:
+        print(f"FROZEN: {view.frozen['describe']} ('gitops-agent unfreeze' to resume)")
     if view.desired_problem:
         print(f"  desired state: {view.desired_problem}")
     rows = [("SERVICE", "DESIRED", "RUNNING", "HEALTH", "")]
@@ -193,6 +210,8 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
             print(f"{label}: {_short(v['revision'])} {v['outcome']} at {v['at']}{reason}")
         else:
             print(f"{label}: never")
+    for t in view.rollback_targets:  # what `rollback` can return to from local images
+        print(f"rollback target on disk: {_short(t['revision'])} applied {t['at']}")
     return EXIT_OK
 
 

@@ -126,6 +126,15 @@ class PlatformMismatch(ReleaseFailed):
         )
 
 
+class ImageRemovalRefused(AgentError):
+    """The engine refused to remove an image (a container uses it, or it is referenced
+    elsewhere): retention leaves it, never forces."""
+
+
+class NoRollbackTarget(InvalidInput):
+    """``rollback`` has no recorded release to return to (or not the one asked for)."""
+
+
 class CommandError(AgentError):
     """A subprocess at the edge (compose, git) failed. Carries command, exit code, stderr."""
 

@@ -35,6 +35,16 @@ class Source(Protocol):
     def is_ancestor(self, ancestor: str, descendant: str) -> bool: ...
 
 
+@dataclass(frozen=True)
+class LocalImage:
+    """An image in the engine's store that carries a reference to one repository."""
+
+    id: str
+    digests: tuple[str, ...]  # the manifest digests it is known by in that repository
+    other_repositories: bool  # it is also referenced (tag or digest) by another repository
+    in_use: bool  # a container (running or not) was created from it
+
+
 class Engine(Protocol):
     """The Docker engine: containers of a project, images by digest."""
 
@@ -58,6 +68,14 @@ class Engine(Protocol):
     def set_alias(self, container_id: str, alias: str, *, present: bool) -> bool:
         """Make ``alias`` resolve, or not, to the container on its networks (other aliases
         kept). Idempotent; returns whether anything changed."""
+        ...
+
+    def local_images(self, repository: str) -> list[LocalImage]:
+        """Images in the store referenced by ``repository`` (tag or digest)."""
+        ...
+
+    def remove_image(self, image_id: str) -> None:
+        """Remove an image by id, never forced: the engine refuses one a container uses."""
         ...
 
     def answers(self) -> bool: ...

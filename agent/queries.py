@@ -39,6 +39,10 @@ class StatusView:
     last_applied: dict[str, Any] | None
     in_flight: dict[str, Any] | None
     failed_revisions: list[str]
+    # operator controls: who froze the host, when and why; releases rollback can reach
+    # from local images
+    frozen: dict[str, Any] | None = None
+    rollback_targets: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +103,20 @@ def status(rec: Reconciler) -> StatusView:
         last_applied=dump["last_applied"],
         in_flight=dump["in_flight"],
         failed_revisions=list(state.failed_revisions),
+        **_controls(rec, state),
     )
+
+
+def _controls(rec: Reconciler, state: AgentState) -> dict[str, Any]:
+    from agent import controls, retention
+
+    try:
+        fr = controls.read_freeze(rec.cfg.agent.state_dir)
+        frozen = None if fr is None else {**fr.model_dump(mode="json"),
+                                          "describe": fr.describe()}
+    except AgentError as e:
+        frozen = {"reason": str(e), "by": None, "at": None, "describe": str(e)}
+    return {"frozen": frozen, "rollback_targets": retention.targets_on_disk(rec.engine, state)}
 
 
 def diff(rec: Reconciler) -> DiffView:

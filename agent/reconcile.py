@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import structlog
 
-from agent import health
+from agent import health, retention
 from agent.config import AgentConfig
 from agent.desired import (
     DesiredState,
@@ -37,6 +37,7 @@ from agent.desired import (
     parse_desired_state,
     registry_of,
     resolve_update_orders,
+    why_not_twice,
 )
 from agent.errors import (
     AgentError,
@@ -535,6 +536,8 @@ class Reconciler:
     def _succeeded(self, state: AgentState, run: _Run, release: Release) -> PassResult:
         log.info("agent.health.ok", services=release.touched)
         self._note_applied(state, release.plan)
+        state.note_release(release.revision, dict(release.target), utcnow(), release.orders)
+        retention.prune_best_effort(self.engine, state, self.cfg.agent.keep_releases)
         return run.result("applied")
 
     def _note_applied(self, state: AgentState, plan: Plan) -> None:
@@ -644,6 +647,52 @@ class Reconciler:
             except Exception as e:  # noqa: BLE001 - reporting never affects a release
                 log.error("agent.report.observer_failed", observer=type(o).__name__,
                           error=repr(e))
+
+    # ================================================================== rollback
+    def run_rollback(self, revision: str, target: Mapping[str, ImageDigest],
+                     orders: Mapping[str, UpdateOrder] | None = None) -> PassResult:
+        """Return to a recorded release without asking the source: its digests (pulled
+        only when not local), then record intent → apply → verify → commit or roll back →
+        record, as a pass. Never raises an AgentError."""
+        t0, started, run = time.monotonic(), utcnow(), _Run(force=True)
+        self.store.ensure_dir()
+        state = self.store.load()
+        run.revision = revision
+        try:
+            self.store.probe_writable()
+            with structlog.contextvars.bound_contextvars(revision=revision[:12]):
+                result = self._rollback_pass(state, run, dict(target), dict(orders or {}))
+        except AgentError as e:
+            result = self._failed(state, run, e)
+        self._record(state, result, started, t0,
+                     keep_intent=result.error is not None
+                     and disposition(result.error).keep_intent)
+        self._tell(lambda o: o.pass_finished(result))
+        return result
+
+    def _rollback_pass(self, state: AgentState, run: _Run, target: dict[str, ImageDigest],
+                       orders: dict[str, UpdateOrder]) -> PassResult:
+        compose_services = self.compose.services()
+        with run.timed("observe"):
+            run.observed = observed = self.engine.observe(self.cfg.compose.name, set(target))
+        plan = run.plan = make_plan(run.revision or "", target, observed, state.known_good)
+        log.info("agent.rollback.requested", revision=run.revision,
+                 changes=[f"{c.service}: {_short(c.old)} -> {_short(c.new)}"
+                          for c in plan.changes])
+        if plan.is_noop:
+            return self._idle(state, run, plan)
+        release = Release(
+            plan=plan, observed=observed,
+            previous=carry_over_previous(previous_digests(plan, observed, state.known_good),
+                                         state.in_flight, plan.target),
+            orders={s: orders.get(s) or ("stop-first" if why_not_twice(
+                s, compose_services.get(s) or {}) else "start-first") for s in target},
+            declared={s: declared_scale(compose_services.get(s) or {}) for s in target},
+        )
+        with run.timed("pull"):
+            self._pull(plan.changes)
+        self._record_intent(state, release)
+        return self._release(state, run, release)
 
     # ================================================================== read-only
     def cached_desired(self) -> Fetched | None:

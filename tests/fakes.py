@@ -16,12 +16,13 @@ from agent.errors import (
     ComposeError,
     DockerUnavailable,
     ImageNotFound,
+    ImageRemovalRefused,
     RegistryAuthError,
     RegistryUnavailable,
     SourceUnavailable,
 )
 from agent.plan import ObservedContainer
-from agent.ports import Fetched
+from agent.ports import Fetched, LocalImage
 
 
 class Killed(BaseException):
@@ -31,6 +32,11 @@ class Killed(BaseException):
 
 def digest_of(name: str) -> str:
     return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
+def image_id_of(ref: str) -> str:
+    """The fake engine's image id of a local ``repo@digest``."""
+    return digest_of("image:" + ref)
 
 
 def desired_yaml(services: Mapping[str, tuple[str, str]], extra: Mapping[str, Any] | None = None
@@ -109,6 +115,7 @@ class FakeEngine:
     calls: list[str] = field(default_factory=list)
     lose_engine_on_detail: bool = False  # the engine goes away during the health wait
     kill_on: str | None = None  # raise Killed when this call is made
+    images_removed: list[str] = field(default_factory=list)  # repo@digest, by retention
     _seq: int = 0
 
     def publish(self, image: str, digest: str, behaviour: str = HEALTHY) -> None:
@@ -205,6 +212,27 @@ class FakeEngine:
         containers carrying it as an alias."""
         return {c.id for c in self.containers.values()
                 if c.status == "running" and any(name in a for a in c.aliases.values())}
+
+    def local_images(self, repository: str) -> list[LocalImage]:
+        self._check("local_images")
+        out = []
+        for ref in sorted(self.local):
+            repo, digest = ref.split("@", 1)
+            if repo == repository:
+                out.append(LocalImage(
+                    id=image_id_of(ref), digests=(digest,), other_repositories=False,
+                    in_use=any(c.image == ref for c in self.containers.values())))
+        return out
+
+    def remove_image(self, image_id: str) -> None:
+        self._check("remove_image")
+        ref = next((r for r in self.local if image_id_of(r) == image_id), None)
+        if ref is None:
+            return
+        if any(c.image == ref for c in self.containers.values()):
+            raise ImageRemovalRefused(f"image {image_id[:19]} is used by a container (fake)")
+        self.local.discard(ref)
+        self.images_removed.append(ref)
 
     def answers(self) -> bool:
         return not self.down

@@ -20,13 +20,15 @@ from agent.desired import registry_of
 from agent.errors import (
     DockerUnavailable,
     ImageNotFound,
+    ImageRemovalRefused,
     LocalPermissionDenied,
     PlatformMismatch,
     RegistryAuthError,
     RegistryUnavailable,
 )
 from agent.log import redact_text
-from agent.plan import ObservedContainer
+from agent.plan import ObservedContainer, repository_of
+from agent.ports import LocalImage
 
 log = structlog.get_logger()
 
@@ -476,6 +478,40 @@ class DockerEngine:
         api._raise_for_status(response)
         stream: Iterator[dict[str, Any]] = api._stream_helper(response, decode=True)
         return stream
+
+    # ------------------------------------------------------------------ retention
+    def local_images(self, repository: str) -> list[LocalImage]:
+        """Images referenced by ``repository`` (by tag or by digest), each with its digests
+        there, whether another repository references it too, and whether a container (in
+        any state) was created from it."""
+        with self._api("image list"):
+            images = self.client.api.images()
+            used = {c.get("ImageID") for c in self.client.api.containers(all=True)}
+        out = []
+        for img in images:
+            refs = [r for r in (img.get("RepoTags") or []) + (img.get("RepoDigests") or [])
+                    if r and not r.startswith("<none>")]
+            repos = {repository_of(r) for r in refs}
+            if repository not in repos:
+                continue
+            digests = tuple(sorted(r.split("@", 1)[1] for r in img.get("RepoDigests") or []
+                                   if "@" in r and repository_of(r) == repository))
+            out.append(LocalImage(id=str(img["Id"]), digests=digests,
+                                  other_repositories=len(repos) > 1,
+                                  in_use=img["Id"] in used))
+        return out
+
+    def remove_image(self, image_id: str) -> None:
+        """``docker rmi`` by id, never forced (the engine refuses an image in use)."""
+        with self._api("image remove"):
+            try:
+                self.client.api.remove_image(image_id, force=False, noprune=False)
+            except docker.errors.ImageNotFound:
+                return
+            except docker.errors.APIError as e:
+                raise ImageRemovalRefused(
+                    f"the engine refused to remove image {image_id[:19]}: "
+                    f"{e.explanation or e}") from None
 
     def answers(self) -> bool:
         """The engine answers a ping (after an error: was it the engine or the registry?)."""

@@ -1,0 +1,89 @@
+"""Image retention: after a successful release, images of the managed services'
+repositories that no container uses and that are not among the last ``keep_releases``
+known-good digests of their service are removed. Images of any other repository, images
+also referenced by another repository and images the agent never knew by digest are never
+touched; nothing is forced (the engine refuses an image a container uses)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import structlog
+
+from agent.errors import ImageRemovalRefused
+from agent.plan import repository_of
+from agent.ports import Engine
+from agent.state import AgentState
+
+log = structlog.get_logger()
+
+
+def kept_digests(state: AgentState, keep: int) -> dict[str, list[str]]:
+    """Per service, its last ``keep`` known-good digests (newest first) from the recorded
+    releases, the current known-good digest always among them."""
+    out: dict[str, list[str]] = {}
+    for rel in state.releases:
+        for service, d in rel.digests.items():
+            mine = out.setdefault(service, [])
+            if d.digest not in mine and len(mine) < keep:
+                mine.append(d.digest)
+    for service, d in state.known_good.items():
+        mine = out.setdefault(service, [])
+        if d.digest not in mine:
+            mine.insert(0, d.digest)
+    return out
+
+
+def managed_repositories(state: AgentState) -> dict[str, set[str]]:
+    """Repository of each managed service -> the services that use it (current releases)."""
+    repos: dict[str, set[str]] = {}
+    for service, d in state.known_good.items():
+        repos.setdefault(repository_of(d.image), set()).add(service)
+    return repos
+
+
+def prune(engine: Engine, state: AgentState, keep: int) -> list[str]:
+    """Remove what retention lets go; returns the ids removed. Raises only what the engine
+    raises when it cannot be reached; a refusal to remove one image is logged and skipped."""
+    kept = kept_digests(state, keep)
+    removed: list[str] = []
+    for repo, services in sorted(managed_repositories(state).items()):
+        keep_here = {dg for s in services for dg in kept.get(s, [])}
+        for img in engine.local_images(repo):
+            if img.in_use or img.other_repositories or not img.digests:
+                continue
+            if keep_here.intersection(img.digests):
+                continue
+            try:
+                engine.remove_image(img.id)
+            except ImageRemovalRefused as e:
+                log.warning("agent.retention.refused", repository=repo, image=img.id[:19],
+                            error=str(e))
+                continue
+            removed.append(img.id)
+            log.info("agent.retention.removed", repository=repo, image=img.id[:19],
+                     digests=list(img.digests))
+    return removed
+
+
+def prune_best_effort(engine: Engine, state: AgentState, keep: int) -> None:
+    """After a successful release: a failure is logged, never fails the release."""
+    try:
+        prune(engine, state, keep)
+    except Exception as e:  # noqa: BLE001 - retention never affects a release
+        log.warning("agent.retention.failed", error=str(e) or repr(e))
+
+
+def targets_on_disk(engine: Engine, state: AgentState) -> list[dict[str, object]]:
+    """The recorded releases (other than the one running) whose images are all local: what
+    ``rollback`` can return to without the registry."""
+    out: list[dict[str, object]] = []
+    current = {s: d.digest for s, d in state.known_good.items()}
+    for rel in state.releases:
+        digests: Mapping[str, str] = {s: d.digest for s, d in rel.digests.items()}
+        if digests == current:
+            continue
+        if all(engine.has_image(d.image, d.digest) for d in rel.digests.values()):
+            out.append({"revision": rel.revision, "at": rel.at.isoformat(),
+                        "digests": dict(digests)})
+    return out
