@@ -19,18 +19,15 @@ log = structlog.get_logger()
 
 
 def kept_digests(state: AgentState, keep: int) -> dict[str, list[str]]:
-    """Per service, its last ``keep`` known-good digests (newest first) from the recorded
-    releases, the current known-good digest always among them."""
-    out: dict[str, list[str]] = {}
+    """Per service: the digest it runs now (its known-good one) plus the digests of its
+    last ``keep`` earlier known-good releases (newest first): the rollback targets."""
+    out: dict[str, list[str]] = {s: [d.digest] for s, d in state.known_good.items()}
     for rel in state.releases:
         for service, d in rel.digests.items():
             mine = out.setdefault(service, [])
-            if d.digest not in mine and len(mine) < keep:
+            current = service in state.known_good
+            if d.digest not in mine and len(mine) < keep + (1 if current else 0):
                 mine.append(d.digest)
-    for service, d in state.known_good.items():
-        mine = out.setdefault(service, [])
-        if d.digest not in mine:
-            mine.insert(0, d.digest)
     return out
 
 

@@ -311,7 +311,7 @@ def test_retention_keeps_the_last_n_known_good_digests_and_never_other_repositor
     world.engine.pull(OTHER, V[9])
     _releases(world, *V[1:7])  # six releases of web
     web_local = {r.split("@")[1] for r in world.engine.local if r.startswith(WEB + "@")}
-    assert web_local == {V[4], V[5], V[6]}
+    assert web_local == {V[3], V[4], V[5], V[6]}  # the running one + 3 rollback targets
     assert f"{OTHER}@{V[9]}" in world.engine.local
     assert f"{API}@{V[0]}" in world.engine.local  # api's only (running) digest
 
@@ -345,6 +345,8 @@ def test_status_lists_rollback_targets_on_disk_and_the_freeze(world: World) -> N
     from agent import queries
 
     r1, r2, r3 = _releases(world, V[1], V[2], V[3])
+    assert [t["revision"] for t in retention.targets_on_disk(world.engine,
+                                                             world.rec.store.load())] == [r2, r1]
     world.engine.local.discard(f"{WEB}@{V[1]}")
     controls.freeze(world.state_dir, "incident", "alice")
     view = queries.status(world.rec)
