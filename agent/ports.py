@@ -37,11 +37,11 @@ class Source(Protocol):
 
 @dataclass(frozen=True)
 class LocalImage:
-    """An image in the engine's store that carries a reference to one repository."""
+    """An image in the engine's store, as one repository references it."""
 
     id: str
     digests: tuple[str, ...]  # the manifest digests it is known by in that repository
-    other_repositories: bool  # it is also referenced (tag or digest) by another repository
+    references: tuple[str, ...]  # that repository's references to it (repo@digest, repo:tag)
     in_use: bool  # a container (running or not) was created from it
 
 
@@ -74,8 +74,9 @@ class Engine(Protocol):
         """Images in the store referenced by ``repository`` (tag or digest)."""
         ...
 
-    def remove_image(self, image_id: str) -> None:
-        """Remove an image by id, never forced: the engine refuses one a container uses."""
+    def remove_reference(self, reference: str) -> None:
+        """Remove one reference (``repo@digest`` or ``repo:tag``), never forced; the engine
+        deletes the image with its last reference, and refuses one a container uses."""
         ...
 
     def answers(self) -> bool: ...

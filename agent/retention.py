@@ -1,8 +1,11 @@
 """Image retention: after a successful release, images of the managed services'
 repositories that no container uses and that are not among the last ``keep_releases``
-known-good digests of their service are removed. Images of any other repository, images
-also referenced by another repository and images the agent never knew by digest are never
-touched; nothing is forced (the engine refuses an image a container uses)."""
+known-good digests of their service (besides the one running) are removed: that
+repository's references to them (``repo@digest``, ``repo:tag``) are removed, and the engine
+deletes an image with its last reference. Another repository's references (a mirror, the
+same content pushed elsewhere) and images of any other repository are never touched, nor
+images the repository knows only by tag; nothing is forced (the engine refuses to remove an
+image a container uses)."""
 
 from __future__ import annotations
 
@@ -47,12 +50,11 @@ def prune(engine: Engine, state: AgentState, keep: int) -> list[str]:
     for repo, services in sorted(managed_repositories(state).items()):
         keep_here = {dg for s in services for dg in kept.get(s, [])}
         for img in engine.local_images(repo):
-            if img.in_use or img.other_repositories or not img.digests:
-                continue
-            if keep_here.intersection(img.digests):
+            if img.in_use or not img.digests or keep_here.intersection(img.digests):
                 continue
             try:
-                engine.remove_image(img.id)
+                for ref in img.references:  # this repository's only: others keep theirs
+                    engine.remove_reference(ref)
             except ImageRemovalRefused as e:
                 log.warning("agent.retention.refused", repository=repo, image=img.id[:19],
                             error=str(e))

@@ -220,19 +220,18 @@ class FakeEngine:
             repo, digest = ref.split("@", 1)
             if repo == repository:
                 out.append(LocalImage(
-                    id=image_id_of(ref), digests=(digest,), other_repositories=False,
+                    id=image_id_of(ref), digests=(digest,), references=(ref,),
                     in_use=any(c.image == ref for c in self.containers.values())))
         return out
 
-    def remove_image(self, image_id: str) -> None:
-        self._check("remove_image")
-        ref = next((r for r in self.local if image_id_of(r) == image_id), None)
-        if ref is None:
+    def remove_reference(self, reference: str) -> None:
+        self._check("remove_reference")
+        if reference not in self.local:
             return
-        if any(c.image == ref for c in self.containers.values()):
-            raise ImageRemovalRefused(f"image {image_id[:19]} is used by a container (fake)")
-        self.local.discard(ref)
-        self.images_removed.append(ref)
+        if any(c.image == reference for c in self.containers.values()):
+            raise ImageRemovalRefused(f"{reference} is used by a container (fake)")
+        self.local.discard(reference)
+        self.images_removed.append(reference)
 
     def answers(self) -> bool:
         return not self.down

@@ -482,36 +482,45 @@ class DockerEngine:
     # ------------------------------------------------------------------ retention
     def local_images(self, repository: str) -> list[LocalImage]:
         """Images referenced by ``repository`` (by tag or by digest), each with its digests
-        there, whether another repository references it too, and whether a container (in
-        any state) was created from it."""
+        and references there, and whether a container (in any state) was created from it.
+        References of other repositories to the same image are not listed."""
         with self._api("image list"):
             images = self.client.api.images()
-            used = {c.get("ImageID") for c in self.client.api.containers(all=True)}
+            # image id -> the repositories its containers were created from (by name)
+            users: dict[str, set[str]] = {}
+            for c in self.client.api.containers(all=True):
+                name = str(c.get("Image") or "")
+                users.setdefault(str(c.get("ImageID")), set()).add(
+                    "" if name.startswith("sha256:") else repository_of(name))
         out = []
         for img in images:
-            refs = [r for r in (img.get("RepoTags") or []) + (img.get("RepoDigests") or [])
-                    if r and not r.startswith("<none>")]
-            repos = {repository_of(r) for r in refs}
-            if repository not in repos:
+            every = [r for r in (img.get("RepoTags") or []) + (img.get("RepoDigests") or [])
+                     if r and not r.startswith("<none>")]
+            refs = tuple(sorted(r for r in every if repository_of(r) == repository))
+            if not refs:
                 continue
-            digests = tuple(sorted(r.split("@", 1)[1] for r in img.get("RepoDigests") or []
-                                   if "@" in r and repository_of(r) == repository))
-            out.append(LocalImage(id=str(img["Id"]), digests=digests,
-                                  other_repositories=len(repos) > 1,
-                                  in_use=img["Id"] in used))
+            digests = tuple(r.split("@", 1)[1] for r in refs if "@" in r)
+            mine = users.get(str(img["Id"]), set())
+            # a container created through another repository's reference (the same content
+            # pushed elsewhere) keeps that reference: removing this repository's is safe
+            elsewhere = any(repository_of(r) != repository for r in every)
+            in_use = bool(mine) and (repository in mine or "" in mine or not elsewhere)
+            out.append(LocalImage(id=str(img["Id"]), digests=digests, references=refs,
+                                  in_use=in_use))
         return out
 
-    def remove_image(self, image_id: str) -> None:
-        """``docker rmi`` by id, never forced (the engine refuses an image in use)."""
+    def remove_reference(self, reference: str) -> None:
+        """``docker rmi REFERENCE``, never forced: untags it, and deletes the image when it
+        was its last reference; the engine refuses an image a container uses."""
         with self._api("image remove"):
             try:
-                self.client.api.remove_image(image_id, force=False, noprune=False)
+                self.client.api.remove_image(reference, force=False, noprune=False)
             except docker.errors.ImageNotFound:
                 return
             except docker.errors.APIError as e:
                 raise ImageRemovalRefused(
-                    f"the engine refused to remove image {image_id[:19]}: "
-                    f"{e.explanation or e}") from None
+                    f"the engine refused to remove {reference}: {e.explanation or e}"
+                ) from None
 
     def answers(self) -> bool:
         """The engine answers a ping (after an error: was it the engine or the registry?)."""
