@@ -152,6 +152,8 @@ def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:
         print(f"gitops-agent: {result.outcome}: {first[0]}", file=sys.stderr)
         for line in first[1:]:
             print(line, file=sys.stderr)
+    elif result.outcome in ("frozen", "waiting", "held"):  # a gate: nothing applied, exit 0
+        print(f"gitops-agent: {result.outcome}: {result.reason}")
     return code
 
 
