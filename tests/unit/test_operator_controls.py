@@ -353,3 +353,47 @@ def test_status_lists_rollback_targets_on_disk_and_the_freeze(world: World) -> N
     assert [t["revision"] for t in view.rollback_targets] == [r2]
     assert view.frozen is not None and view.frozen["by"] == "alice"
     assert view.frozen["reason"] == "incident"
+
+
+# ------------------------------------------------------------------ the Docker edge's listing
+class _Api:
+    """The two list calls of the Engine API retention reads, from in-memory records."""
+
+    def __init__(self, images: list[dict[str, Any]], containers: list[dict[str, Any]]) -> None:
+        self._images, self._containers = images, containers
+
+    def images(self) -> list[dict[str, Any]]:
+        return self._images
+
+    def containers(self, all: bool = False) -> list[dict[str, Any]]:  # noqa: A002
+        return self._containers
+
+
+class _Client:
+    def __init__(self, api: _Api) -> None:
+        self.api = api
+
+
+def test_the_docker_edge_lists_only_this_repositorys_references_and_real_use() -> None:
+    from agent.edges.docker import DockerEngine
+
+    repo, mirror = "reg:5000/shop/web", "mirror:5000/shop/web"
+    images = [
+        # the same content pushed to a mirror too; a container runs it through the mirror
+        {"Id": "sha256:aa", "RepoTags": [f"{repo}:v1", f"{mirror}:v1"],
+         "RepoDigests": [f"{repo}@{V[1]}", f"{mirror}@{V[1]}"]},
+        # used through this repository
+        {"Id": "sha256:bb", "RepoTags": None, "RepoDigests": [f"{repo}@{V[2]}"]},
+        # only this repository's, no container: free to go
+        {"Id": "sha256:cc", "RepoTags": ["<none>:<none>"], "RepoDigests": [f"{repo}@{V[3]}"]},
+        # another repository only: not listed
+        {"Id": "sha256:dd", "RepoTags": ["other/tool:1"], "RepoDigests": []},
+    ]
+    containers = [{"ImageID": "sha256:aa", "Image": f"{mirror}@{V[1]}"},
+                  {"ImageID": "sha256:bb", "Image": f"{repo}@{V[2]}"}]
+    engine = DockerEngine(client=_Client(_Api(images, containers)))  # type: ignore[arg-type]
+    got = {i.id: i for i in engine.local_images(repo)}
+    assert set(got) == {"sha256:aa", "sha256:bb", "sha256:cc"}
+    assert got["sha256:aa"].references == (f"{repo}:v1", f"{repo}@{V[1]}")
+    assert got["sha256:aa"].digests == (V[1],) and not got["sha256:aa"].in_use
+    assert got["sha256:bb"].in_use and not got["sha256:cc"].in_use
