@@ -194,6 +194,8 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
             print(f"{label}: {_short(v['revision'])} {v['outcome']} at {v['at']}{reason}")
         else:
             print(f"{label}: never")
+    if view.wave is not None:
+        print(f"rollout wave: {view.wave}")
     return EXIT_OK
 
 
