@@ -46,8 +46,7 @@ def part_a(intervals: int, interval: float, soak: float, canary_at: int) -> dict
              Wave(name="rest", hosts=["*"]))
     hosts = ["canary-1"] + [f"eu-{i:02d}" for i in range(49)] + [f"us-{i:02d}" for i in
                                                                   range(50)]
-    with FakeGitHub(repo="acme/shop", token=TOKEN, log_requests=False) as gh, \
-            tempfile.TemporaryDirectory() as tmp:
+    with FakeGitHub(repo="acme/shop", token=TOKEN, log_requests=False) as gh:
         rev = "b" * 40
         gh.known_commit(rev)
         gates = {}
