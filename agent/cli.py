@@ -116,12 +116,13 @@ def _reconciler(cfg: AgentConfig, *, report: bool = False) -> Reconciler:
     from agent.reconcile import Reconciler
     from agent.secrets import registry_auth
 
-    observers = []
+    observers, gates = [], []
     if report:  # only a pass reports (sync); status/diff read and change nothing
+        from agent.fleet import build_gates
         from agent.report import build_observers
 
-        observers = build_observers(cfg)
-    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers)
+        observers, gates = build_observers(cfg), build_gates(cfg)
+    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers, gates=gates)
 
 
 def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:
@@ -193,6 +194,8 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
             print(f"{label}: {_short(v['revision'])} {v['outcome']} at {v['at']}{reason}")
         else:
             print(f"{label}: never")
+    if view.wave is not None:
+        print(f"rollout wave: {view.wave}")
     return EXIT_OK
 
 

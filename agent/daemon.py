@@ -97,8 +97,10 @@ class Daemon:
 
             # the daemon serves GET /metrics on [metrics] listen
             self.observers = build_observers(cfg, serve_metrics=True)
+            from agent.fleet import build_gates
+
             reconciler = Reconciler(cfg, registry_auth=registry_auth(cfg),
-                                    observers=self.observers)
+                                    observers=self.observers, gates=build_gates(cfg))
         else:
             self.observers = list(getattr(reconciler, "observers", ()))
         self.reconciler = reconciler

@@ -39,6 +39,8 @@ class StatusView:
     last_applied: dict[str, Any] | None
     in_flight: dict[str, Any] | None
     failed_revisions: list[str]
+    # this host's rollout wave in the desired revision (None: no rollout section)
+    wave: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +101,18 @@ def status(rec: Reconciler) -> StatusView:
         last_applied=dump["last_applied"],
         in_flight=dump["in_flight"],
         failed_revisions=list(state.failed_revisions),
+        wave=_wave(rec, desired),
     )
+
+
+def _wave(rec: Reconciler, desired: DesiredState | None) -> str | None:
+    from agent.fleet import describe_wave
+    from agent.report import host_name
+
+    if desired is None or desired.rollout is None:
+        return None
+    host = host_name(rec.cfg)
+    return f"{host} in {describe_wave(host, desired.rollout)}"
 
 
 def diff(rec: Reconciler) -> DiffView:

@@ -31,6 +31,7 @@ from agent.config import AgentConfig
 from agent.desired import (
     DesiredState,
     UpdateOrder,
+    Wave,
     check_against_compose,
     check_allowed_images,
     declared_scale,
@@ -236,7 +237,7 @@ class Reconciler:
             with run.timed("observe"):
                 run.observed = observed = self._observe(loaded)
             run.plan = plan = self._diff(state, loaded, observed, run.force)
-            stopped = self._ask_gates(state, run, plan)
+            stopped = self._ask_gates(state, run, plan, loaded.desired.rollout)
             if stopped is not None:
                 return stopped
             if plan.is_noop:
@@ -365,12 +366,13 @@ class Reconciler:
         )
         return plan
 
-    def _ask_gates(self, state: AgentState, run: _Run, plan: Plan) -> PassResult | None:
+    def _ask_gates(self, state: AgentState, run: _Run, plan: Plan,
+                   rollout: Sequence[Wave] | None = None) -> PassResult | None:
         """Policies before acting (freeze, windows, waves): the first answer ends the pass."""
         question = GateQuestion(
             revision=plan.revision, services=tuple(plan.changed_services + plan.unverified),
             converging=plan.revision in state.failed_revisions and not run.force,
-            force=run.force)
+            force=run.force, rollout=tuple(rollout) if rollout is not None else None)
         for gate in self.gates:
             answer = gate.check(question)
             if answer is not None:
