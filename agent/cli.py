@@ -177,13 +177,16 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
     print(f"project {view.project}   desired revision {_short(view.desired_revision)}")
     if view.desired_problem:
         print(f"  desired state: {view.desired_problem}")
-    rows = [("SERVICE", "DESIRED", "RUNNING", "HEALTH", "")]
+    rows: list[tuple[str, ...]] = [("SERVICE", "DESIRED", "RUNNING", "HEALTH", "REPLICAS", "")]
     for s in view.services:
         note = "pinned" if s.pinned else ""
         if s.desired and s.running != s.desired:
             note = (note + " out-of-date").strip()
-        rows.append((s.service, _short(s.desired), _short(s.running), s.health, note))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        rows.append((s.service, _short(s.desired), _short(s.running), s.health,
+                     s.replicas or "", note))
+    if not any(s.replicas for s in view.services):  # compose: no replicas column
+        rows = [(*r[:4], r[5]) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     for key, v in (("last_attempted", view.last_attempted),

@@ -27,6 +27,7 @@ class ServiceStatus:
     health: str
     containers: list[str]
     pinned: bool
+    replicas: str | None = None  # Swarm: "running/desired" tasks ("n/global" in global mode)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,16 @@ def _desired(fetched: Fetched | None) -> tuple[DesiredState | None, str | None]:
         return None, str(e)
 
 
+def _replicas(rec: Reconciler, names: list[str]) -> dict[str, str]:
+    """Swarm only: running/desired tasks per service (compose runs what it runs)."""
+    from agent.edges.swarm import SwarmEngine
+
+    if not isinstance(rec.engine, SwarmEngine):
+        return {}
+    return {n: f"{s.running}/{'global' if s.replicas is None else s.replicas}"
+            for n, s in rec.engine.swarm_services(rec.cfg.compose.name, names).items()}
+
+
 def status(rec: Reconciler) -> StatusView:
     state = rec.store.load()
     fetched = rec.cached_desired()
@@ -77,6 +88,7 @@ def status(rec: Reconciler) -> StatusView:
         problem = last.reason  # the newest revision was refused; the cache is older
     observed = rec.observe_all()
     names = sorted(set(desired.services if desired else {}) | set(state.known_good))
+    replicas = _replicas(rec, names)
     services = []
     for n in names:
         spec = desired.services.get(n) if desired else None
@@ -90,6 +102,7 @@ def status(rec: Reconciler) -> StatusView:
             health=service_health(cs),
             containers=[c.name for c in cs],
             pinned=bool(spec and spec.pinned),
+            replicas=replicas.get(n),
         ))
     dump = state.model_dump(mode="json")
     return StatusView(

@@ -290,3 +290,5 @@ def test_a_private_registry_works_through_with_registry_auth(stack, auth_registr
     assert r.code == 1
     assert "agent.pull.unauthorized" in r.events(), r.events()
     assert _service(h)["Version"]["Index"] == version
+    status = h.cli("status", "--json")
+    assert status.code == 0
