@@ -128,15 +128,14 @@ def _reconciler(cfg: AgentConfig, *, report: bool = False) -> Reconciler:
     from agent.reconcile import Reconciler
     from agent.secrets import registry_auth
 
-    observers = []
+    observers, gates = [], []
     if report:  # only a pass reports (sync); status/diff read and change nothing
+        from agent.controls import build_gates as control_gates
+        from agent.fleet import build_gates
         from agent.report import build_observers
 
-        observers = build_observers(cfg)
-    from agent.controls import build_gates
-
-    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers,
-                      gates=build_gates(cfg))
+        observers, gates = build_observers(cfg), [*control_gates(cfg), *build_gates(cfg)]
+    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers, gates=gates)
 
 
 def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:
@@ -195,13 +194,16 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
         print(f"FROZEN: {view.frozen['describe']} ('gitops-agent unfreeze' to resume)")
     if view.desired_problem:
         print(f"  desired state: {view.desired_problem}")
-    rows = [("SERVICE", "DESIRED", "RUNNING", "HEALTH", "")]
+    rows: list[tuple[str, ...]] = [("SERVICE", "DESIRED", "RUNNING", "HEALTH", "REPLICAS", "")]
     for s in view.services:
         note = "pinned" if s.pinned else ""
         if s.desired and s.running != s.desired:
             note = (note + " out-of-date").strip()
-        rows.append((s.service, _short(s.desired), _short(s.running), s.health, note))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        rows.append((s.service, _short(s.desired), _short(s.running), s.health,
+                     s.replicas or "", note))
+    if not any(s.replicas for s in view.services):  # compose: no replicas column
+        rows = [(*r[:4], r[5]) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     for key, v in (("last_attempted", view.last_attempted),
@@ -214,6 +216,8 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
             print(f"{label}: never")
     for t in view.rollback_targets:  # what `rollback` can return to from local images
         print(f"rollback target on disk: {_short(t['revision'])} applied {t['at']}")
+    if view.wave is not None:
+        print(f"rollout wave: {view.wave}")
     return EXIT_OK
 
 

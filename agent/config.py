@@ -283,9 +283,18 @@ class NotifyConfig(_Strict):
     stuck_after_seconds: Annotated[float, Field(gt=0)] = 900
 
 
+class EngineConfig(_Strict):
+    """``[engine]``: what runs the services. ``compose`` (one host, ``docker compose``) or
+    ``swarm`` (a Docker Swarm cluster: the stack is ``[compose] project_name``, deployed
+    from ``[compose] files`` with ``docker stack deploy``; the agent runs on a manager)."""
+
+    kind: Literal["compose", "swarm"] = "compose"
+
+
 class AgentConfig(_Strict):
     source: SourceConfig
     compose: ComposeConfig
+    engine: EngineConfig = EngineConfig()
     agent: AgentSection = AgentSection()
     registry: dict[str, RegistryCredentials] = Field(default_factory=dict)
     trust: TrustConfig = TrustConfig()

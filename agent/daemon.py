@@ -97,10 +97,12 @@ class Daemon:
 
             # the daemon serves GET /metrics on [metrics] listen
             self.observers = build_observers(cfg, serve_metrics=True)
-            from agent.controls import build_gates
+            from agent.controls import build_gates as control_gates
+            from agent.fleet import build_gates
 
             reconciler = Reconciler(cfg, registry_auth=registry_auth(cfg),
-                                    observers=self.observers, gates=build_gates(cfg))
+                                    observers=self.observers,
+                                    gates=[*control_gates(cfg), *build_gates(cfg)])
         else:
             self.observers = list(getattr(reconciler, "observers", ()))
         self.reconciler = reconciler

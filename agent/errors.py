@@ -183,6 +183,11 @@ class ComposeMissing(AgentEnvironmentError):
         )
 
 
+class NotSwarmManager(AgentEnvironmentError):
+    """``[engine] kind = "swarm"`` on an engine that is not a swarm manager (a worker, or
+    outside any swarm): only a manager can deploy a stack and read its update state."""
+
+
 class LocalPermissionDenied(AgentEnvironmentError):
     """The agent's user may not use the Docker socket, or the engine could not write its
     own local storage: a host problem, not a registry credential problem."""

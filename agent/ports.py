@@ -12,6 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from agent.desired import Wave
 from agent.plan import ObservedContainer
 
 if TYPE_CHECKING:
@@ -117,6 +118,8 @@ class GateQuestion:
     services: tuple[str, ...]  # the services the pass would touch (empty: nothing to do)
     converging: bool  # the revision failed before: the pass returns to known-good digests
     force: bool  # sync --force
+    # the revision's ``rollout:`` waves (desired-state.yml), None when it has none
+    rollout: tuple[Wave, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ class ServiceStatus:
     health: str
     containers: list[str]
     pinned: bool
+    replicas: str | None = None  # Swarm: "running/desired" tasks ("n/global" in global mode)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class StatusView:
     last_applied: dict[str, Any] | None
     in_flight: dict[str, Any] | None
     failed_revisions: list[str]
+    # this host's rollout wave in the desired revision (None: no rollout section)
+    wave: str | None = None
     # operator controls: who froze the host, when and why; releases rollback can reach
     # from local images
     frozen: dict[str, Any] | None = None
@@ -70,6 +73,16 @@ def _desired(fetched: Fetched | None) -> tuple[DesiredState | None, str | None]:
         return None, str(e)
 
 
+def _replicas(rec: Reconciler, names: list[str]) -> dict[str, str]:
+    """Swarm only: running/desired tasks per service (compose runs what it runs)."""
+    from agent.edges.swarm import SwarmEngine
+
+    if not isinstance(rec.engine, SwarmEngine):
+        return {}
+    return {n: f"{s.running}/{'global' if s.replicas is None else s.replicas}"
+            for n, s in rec.engine.swarm_services(rec.cfg.compose.name, names).items()}
+
+
 def status(rec: Reconciler) -> StatusView:
     state = rec.store.load()
     fetched = rec.cached_desired()
@@ -79,6 +92,7 @@ def status(rec: Reconciler) -> StatusView:
         problem = last.reason  # the newest revision was refused; the cache is older
     observed = rec.observe_all()
     names = sorted(set(desired.services if desired else {}) | set(state.known_good))
+    replicas = _replicas(rec, names)
     services = []
     for n in names:
         spec = desired.services.get(n) if desired else None
@@ -92,6 +106,7 @@ def status(rec: Reconciler) -> StatusView:
             health=service_health(cs),
             containers=[c.name for c in cs],
             pinned=bool(spec and spec.pinned),
+            replicas=replicas.get(n),
         ))
     dump = state.model_dump(mode="json")
     return StatusView(
@@ -103,6 +118,7 @@ def status(rec: Reconciler) -> StatusView:
         last_applied=dump["last_applied"],
         in_flight=dump["in_flight"],
         failed_revisions=list(state.failed_revisions),
+        wave=_wave(rec, desired),
         **_controls(rec, state),
     )
 
@@ -117,6 +133,16 @@ def _controls(rec: Reconciler, state: AgentState) -> dict[str, Any]:
     except AgentError as e:
         frozen = {"reason": str(e), "by": None, "at": None, "describe": str(e)}
     return {"frozen": frozen, "rollback_targets": retention.targets_on_disk(rec.engine, state)}
+
+
+def _wave(rec: Reconciler, desired: DesiredState | None) -> str | None:
+    from agent.fleet import describe_wave
+    from agent.report import host_name
+
+    if desired is None or desired.rollout is None:
+        return None
+    host = host_name(rec.cfg)
+    return f"{host} in {describe_wave(host, desired.rollout)}"
 
 
 def diff(rec: Reconciler) -> DiffView:

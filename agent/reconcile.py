@@ -31,6 +31,7 @@ from agent.config import AgentConfig
 from agent.desired import (
     DesiredState,
     UpdateOrder,
+    Wave,
     check_against_compose,
     check_allowed_images,
     declared_scale,
@@ -89,6 +90,7 @@ from agent.state import (
     write_atomic,
 )
 from agent.strategies import Toolkit, UpdateStrategy, pins, strategy_for
+from agent.swarm import swarm_update
 from agent.trust import check_ancestry
 
 __all__ = ["Loaded", "PassResult", "Reconciler", "build_source"]
@@ -163,6 +165,10 @@ def build_source(cfg: AgentConfig) -> Source:
 
 
 def _default_engine(cfg: AgentConfig) -> Engine:
+    if cfg.engine.kind == "swarm":
+        from agent.edges.swarm import SwarmEngine
+
+        return SwarmEngine()
     from agent.edges.docker import DockerEngine
 
     return DockerEngine(pull_stall_timeout=cfg.agent.pull_stall_timeout_seconds)
@@ -170,6 +176,14 @@ def _default_engine(cfg: AgentConfig) -> Engine:
 
 def _default_compose(cfg: AgentConfig) -> ComposeProject:
     from agent.edges.compose import Compose, find_compose_command
+
+    if cfg.engine.kind == "swarm":
+        from agent.edges.swarm import SwarmStack
+        from agent.secrets import registry_auth
+
+        return SwarmStack(find_compose_command(cfg.compose.command), cfg.compose.project_dir,
+                          cfg.compose.files, cfg.compose.name,
+                          cfg.agent.state_dir / OVERRIDE_FILE, registry_auth=registry_auth(cfg))
 
     return Compose(find_compose_command(cfg.compose.command), cfg.compose.project_dir,
                    cfg.compose.files, cfg.compose.name,
@@ -199,6 +213,7 @@ class Reconciler:
         self.gates = list(gates)
         self.kit = Toolkit(self.engine, self.compose, cfg.compose.name,
                            cfg.agent.handover_seconds, self._pull, sleep)
+        self.swarm = swarm_update(cfg, self.kit)  # [engine] kind = "swarm": Swarm's updates
 
     # ================================================================== the pass
     def run_pass(self, *, force: bool = False) -> PassResult:
@@ -237,7 +252,7 @@ class Reconciler:
             with run.timed("observe"):
                 run.observed = observed = self._observe(loaded)
             run.plan = plan = self._diff(state, loaded, observed, run.force)
-            stopped = self._ask_gates(state, run, plan)
+            stopped = self._ask_gates(state, run, plan, loaded.desired.rollout)
             if stopped is not None:
                 return stopped
             if plan.is_noop:
@@ -366,12 +381,13 @@ class Reconciler:
         )
         return plan
 
-    def _ask_gates(self, state: AgentState, run: _Run, plan: Plan) -> PassResult | None:
+    def _ask_gates(self, state: AgentState, run: _Run, plan: Plan,
+                   rollout: Sequence[Wave] | None = None) -> PassResult | None:
         """Policies before acting (freeze, windows, waves): the first answer ends the pass."""
         question = GateQuestion(
             revision=plan.revision, services=tuple(plan.changed_services + plan.unverified),
             converging=plan.revision in state.failed_revisions and not run.force,
-            force=run.force)
+            force=run.force, rollout=tuple(rollout) if rollout is not None else None)
         for gate in self.gates:
             answer = gate.check(question)
             if answer is not None:
@@ -503,7 +519,8 @@ class Reconciler:
 
     def _verify(self, release: Release) -> None:
         """Every touched service healthy at its target digest, else Unhealthy."""
-        verdict = self._wait_healthy(release.touched, release.target)
+        verdict = (self.swarm.verify(release.touched, release) if self.swarm is not None
+                   else self._wait_healthy(release.touched, release.target))
         if verdict is not None:
             raise Unhealthy(verdict)
 
@@ -581,6 +598,8 @@ class Reconciler:
 
     def _strategies(self, release: Release,
                     services: Sequence[str]) -> list[tuple[UpdateStrategy, list[str]]]:
+        if self.swarm is not None:
+            return [(self.swarm, list(services))] if services else []
         return [(strategy_for(order, self.kit), group)
                 for order, group in release.by_order(services)]
 
