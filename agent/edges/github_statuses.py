@@ -38,6 +38,19 @@ MAX_PAGES = 50  # 5,000 contexts: GitHub keeps at most 1,000 statuses per contex
 _Page = tuple[str, Any, str | None]  # (etag, body, next page url)
 
 
+
+def github_session(token: str, session: requests.Session | None = None) -> requests.Session:
+    """A session that speaks GitHub's REST API v3 with ``token`` (the caller keeps it to the
+    API's own host: requests are made to ``api_url`` only, redirects not followed)."""
+    s = session or requests.Session()
+    s.headers.update({
+        "Authorization": f"Bearer {token}",
+        "Accept": "application/vnd.github+json",
+        "X-GitHub-Api-Version": "2022-11-28",
+        "User-Agent": "gitops-agent",
+    })
+    return s
+
 class StatusesUnavailable(TransientError):
     """The commit statuses could not be read (GitHub down, rate limit, token refused)."""
 
@@ -78,13 +91,7 @@ class GitHubStatuses:
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
         self.path = state_dir / CACHE_FILE if state_dir is not None else None
-        self.session = session or requests.Session()
-        self.session.headers.update({
-            "Authorization": f"Bearer {token}",
-            "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": "2022-11-28",
-            "User-Agent": "gitops-agent",
-        })
+        self.session = github_session(token, session)
         # url -> (etag, the body it stands for, the next page); the last revision's pages
         self.cache: dict[str, _Page] = self._load()
 
