@@ -177,6 +177,8 @@ class Release:
     declared: dict[str, int] = field(default_factory=dict)
     # services compose.yml runs that desired-state does not manage, and that do not run
     unmanaged_missing: list[str] = field(default_factory=list)
+    # compose.from_repo: the configuration hash each service's new containers carry
+    hashes: dict[str, str] = field(default_factory=dict)
 
     @property
     def revision(self) -> str:
@@ -189,6 +191,13 @@ class Release:
     @property
     def touched(self) -> list[str]:
         return self.plan.changed_services + self.plan.unverified
+
+    def at_target(self, service: str, c: ObservedContainer) -> bool:
+        """A container of the release: the target digest (and, with configuration hashes,
+        the target configuration)."""
+        want = self.hashes.get(service)
+        return c.digest == self.target[service].digest and (
+            want is None or c.config_hash == want)
 
     def by_order(self, services: Sequence[str]) -> list[tuple[UpdateOrder, list[str]]]:
         """``services`` grouped by update order, stop-first first (one compose call each)."""

@@ -451,6 +451,7 @@ class Reconciler:
                                      if s not in plan.target and (
                                          s not in observed
                                          or self._stack_changed(loaded, observed, s))),
+            hashes=dict(loaded.stack.hashes) if loaded.stack else {},
         )
 
     # ------------------------------------------------------------------ pull

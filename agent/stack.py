@@ -41,6 +41,7 @@ import structlog
 
 from agent.desired import _image_allowed, normalize_repository
 from agent.errors import StackFilesError, UntrustedRevision
+from agent.failpoints import failpoint
 from agent.state import write_atomic
 
 log = structlog.get_logger()
@@ -253,6 +254,7 @@ class StackJournal:
             dest = self.project_dir / path
             dest.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(dest, plan.files[path], mode=FILE_MODE)
+            failpoint("during-files")  # a kill with some files written, others not
         for path in plan.deletes:
             with contextlib.suppress(FileNotFoundError):
                 (self.project_dir / path).unlink()
