@@ -547,15 +547,23 @@ class Reconciler:
 
     def _verify(self, release: Release) -> None:
         """Every touched service healthy at its target digest, else Unhealthy."""
-        verdict = self._wait_healthy(release.touched, release.target)
+        verdict = self._wait_healthy(release.touched, release.target, release.hashes)
         if verdict is not None:
             raise Unhealthy(verdict)
 
-    def _wait_healthy(self, services: Sequence[str],
-                      target: Mapping[str, ImageDigest]) -> str | None:
+    def _wait_healthy(self, services: Sequence[str], target: Mapping[str, ImageDigest],
+                      hashes: Mapping[str, str] | None = None) -> str | None:
+        def observe() -> dict[str, list[ObservedContainer]]:
+            seen = self.engine.observe(self.cfg.compose.name, set(services), detail=True)
+            if not hashes:
+                return seen
+            # compose.from_repo: the release's containers carry its configuration hash
+            # (another container at the same digest is an older configuration, retired)
+            return {s: [c for c in cs if s not in hashes or c.config_hash == hashes[s]]
+                    for s, cs in seen.items()}
+
         return health.wait_healthy(
-            observe=lambda: self.engine.observe(self.cfg.compose.name, set(services),
-                                                detail=True),
+            observe=observe,
             services=services,
             digests={s: target[s].digest for s in services},
             timeout=self.cfg.agent.health_timeout_seconds,
@@ -722,6 +730,7 @@ class Reconciler:
         if added:
             self.compose.remove(added)
         restored = self.stack.restore_applied()
+        failpoint("after-rollback-files")
         if restored is not None:
             log.info("agent.rollback.files", revision=restored.revision,
                      written=restored.writes, removed=restored.deletes)

@@ -247,13 +247,13 @@ def test_hand_edit_of_an_agent_written_file_is_corrected(stack):
 
 
 @pytest.mark.parametrize("point", ["during-files", "after-files", "during-apply",
-                                   "during-health", "during-rollback"])
+                                   "during-health", "after-rollback-files"])
 def test_kill_at_each_phase_converges_on_one_revision(stack, point):
     first_deploy(stack)
     pd = stack.project.project_dir
     good = files_of(pd)
     stack.project.repo.commit_file("conf/app.conf", "level=warn\n", "conf")
-    bad = point == "during-rollback"
+    bad = point == "after-rollback-files"
     text = compose_text(stack, web_env="web blue")
     if bad:
         text = text.replace('LOCAL_GREETING:', 'NO_HEALTH: "1"\n      LOCAL_GREETING:')
