@@ -246,15 +246,7 @@ class Compose:
         release to roll back to)."""
         if not services:
             return
-        known = {*self.services(), *self.inactive_services()}
-        gone = [s for s in services if s not in known]
-        if gone:
-            # a release's new service, after its files were rolled back: the pass removed
-            # its containers before the files went back (compose no longer knows it)
-            log.info("compose.remove.not_in_model", services=gone)
-        services = [s for s in services if s in known]
-        if services:
-            self._run([*self._base(), "rm", "--stop", "--force", "--", *services])
+        self._run([*self._base(), "rm", "--stop", "--force", "--", *services])
 
 
 def render_override(images: dict[str, str]) -> bytes:
