@@ -661,10 +661,7 @@ class Reconciler:
         if plan.touches:
             compose = self.compose_for(self.stack.stage(plan, self.cfg.compose.files))
         else:
-            if self._project_compose is None:
-                self._project_compose = self.compose_for(
-                    [self.cfg.compose.project_dir / f for f in self.cfg.compose.files])
-            compose = self._project_compose
+            compose = self._files_compose()
         return StagedStack(plan, compose)
 
     def _config_hashes(self, loaded: Loaded,
@@ -718,8 +715,8 @@ class Reconciler:
             for s in gone:
                 for c in observed.get(s, ()):
                     self.engine.stop_and_remove(c.container_id)
-        self._save_best_effort(lambda: self.stack.record_applied(loaded.stack.plan)  # type: ignore[union-attr]
-                               , what="applied files")
+        stack, plan = self.stack, loaded.stack.plan
+        self._save_best_effort(lambda: stack.record_applied(plan), what="applied files")
 
     def _restore_stack(self, release: Release) -> None:
         """A failed release: its new services go while compose still knows them, then the
@@ -816,9 +813,50 @@ class Reconciler:
     def plan_for(self, loaded: Loaded, observed: Mapping[str, Sequence[ObservedContainer]],
                  state: AgentState) -> Plan:
         failed = loaded.revision in state.failed_revisions
-        return make_plan(loaded.revision,
-                         effective_target(loaded.desired, state.known_good, failed),
-                         observed, state.known_good)
+        target = effective_target(loaded.desired, state.known_good, failed)
+        return make_plan(loaded.revision, target, observed, state.known_good,
+                         self._config_hashes(loaded, target))
+
+    def stack_for(self, fetched: Fetched, state: AgentState) -> StagedStack | None:
+        """compose.from_repo: the revision's files, staged (under state_dir) when they
+        differ from project_dir's; project_dir is not touched. Hold the lock."""
+        return self._stack_files(state, fetched, force=False)
+
+    def running_config(self, observed: Mapping[str, Sequence[ObservedContainer]]
+                       ) -> dict[str, bool | None]:
+        """Per running service: whether its containers' configuration is the one the
+        compose files in project_dir give it (at the digest it runs), None when unknown.
+        A False without from_repo: someone edited the compose files since (or the
+        containers)."""
+        pinned = {}
+        for s, cs in observed.items():
+            d = running_digest(cs)
+            live = [c for c in cs if c.digest == d and d is not None]
+            if live and "@" in live[0].image_ref:
+                pinned[s] = f"{live[0].image_ref.split('@', 1)[0]}@{d}"
+        hashes = self._files_compose().config_hashes(pinned)
+        out: dict[str, bool | None] = {}
+        for s, cs in observed.items():
+            have = running_config_hash(cs)
+            out[s] = None if have is None or s not in hashes else have == hashes[s]
+        return out
+
+    def config_keys_changed(self, loaded: Loaded, services: Sequence[str]) -> dict[str, list[str]]:
+        """Per service, the top-level compose keys (``environment``, ``ports``, ``labels``…)
+        whose value differs between project_dir's compose files and the revision's."""
+        now = self._files_compose().services()
+        out = {}
+        for s in services:
+            a, b = now.get(s) or {}, loaded.compose_services.get(s) or {}
+            out[s] = sorted(k for k in {*a, *b} if a.get(k) != b.get(k)) or ["(added)"
+                                                                             if not a else "?"]
+        return out
+
+    def _files_compose(self) -> StackCompose:
+        if self._project_compose is None:
+            self._project_compose = self.compose_for(
+                [self.cfg.compose.project_dir / f for f in self.cfg.compose.files])
+        return self._project_compose
 
 
 def _reports(target: Mapping[str, ImageDigest],

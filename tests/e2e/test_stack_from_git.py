@@ -4,6 +4,7 @@ touched, the admin's files are never lost, a failed release returns files and co
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -275,3 +276,43 @@ def test_kill_at_each_phase_converges_on_one_revision(stack, point):
     assert not (stack.project.state_dir / "stack" / "intent.json").exists()
     again = stack.sync()
     assert again.summary()["outcome"] in ("no-op", "skipped"), again.logs
+
+
+def test_diff_lists_config_keys_and_status_shows_the_files_revision(stack, capsys):
+    rev = first_deploy(stack)
+    capsys.readouterr()
+    text = compose_text(stack, web_env="web blue").replace(
+        "    restart: unless-stopped\n    stop_grace_period: 1s\n  side:",
+        "    restart: unless-stopped\n    stop_grace_period: 1s\n"
+        "    labels:\n      tier: backend\n  side:")
+    commit_compose(stack, text)
+    before = files_of(stack.project.project_dir)
+    r = stack.cli("diff")
+    assert r.code == 0, r.logs
+    out = capsys.readouterr().out
+    assert "~ web: config: environment" in out
+    assert "~ api: config: labels" in out
+    assert "> compose.yml: written from git" in out
+    assert files_of(stack.project.project_dir) == before  # diff changes nothing
+    assert stack.cli("status", "--json").code == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view["files_revision"] == rev
+    assert {s["service"]: s["config_matches"] for s in view["services"]} == {
+        "web": True, "api": True}
+
+
+def test_a_new_service_of_a_failed_release_is_removed_with_its_files(stack):
+    first_deploy(stack)
+    pd = stack.project.project_dir
+    good = files_of(pd)
+    extra = (f"worker:\n  image: {stack.reg}/e2e/web:latest\n"
+             "  environment:\n    NO_HEALTH: \"1\"\n")
+    commit_compose(stack, compose_text(stack, extra_services=extra))
+    stack.commit(stack.project.repo.work.joinpath("desired-state.yml").read_text()
+                 + f"  worker:\n    image: {stack.image('web')}\n"
+                   f"    digest: {stack.images['web-v1']}\n")
+    r = stack.sync()
+    assert r.code == 1 and r.summary()["outcome"] == "rolled-back", r.logs
+    assert stack.containers("worker") == []
+    assert files_of(pd) == good
+    assert stack.serve("web") == "web from git"
