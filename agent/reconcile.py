@@ -267,7 +267,7 @@ class Reconciler:
             if stopped is not None:
                 return stopped
             if plan.is_noop:
-                self._write_stack(loaded, observed)
+                self._write_stack(loaded, observed, idle=True)
                 result = self._idle(state, run, plan)
                 if result.outcome == "no-op":
                     self._finish_stack(loaded, observed)
@@ -680,9 +680,11 @@ class Reconciler:
             return False
         return running_config_hash(observed.get(service, ())) != loaded.stack.hashes[service]
 
-    def _write_stack(self, loaded: Loaded,
-                     observed: Mapping[str, Sequence[ObservedContainer]]) -> None:
-        """Write the validated files into project_dir (after the release's intent)."""
+    def _write_stack(self, loaded: Loaded, observed: Mapping[str, Sequence[ObservedContainer]],
+                     *, idle: bool = False) -> None:
+        """Write the validated files into project_dir (after the release's intent). With
+        no release (idle), unmanaged services the files add or change are brought up here
+        (a release brings them up in its apply)."""
         if loaded.stack is None:
             return
         plan, stack = loaded.stack.plan, self.stack
@@ -695,10 +697,12 @@ class Reconciler:
             failpoint("after-files")
             log.info("agent.stack.written", revision=plan.revision, written=plan.writes,
                      removed=plan.deletes, adopted=plan.adopted)
+        # services desired-state does not manage follow the files too, when they change
+        # (never on their own on an idle poll: a missing image is not pulled every pass)
         unmanaged = [s for s in loaded.compose_services
                      if s not in loaded.desired.services
-                     and s in observed and self._stack_changed(loaded, observed, s)]
-        if unmanaged and loaded.stack.hashes:
+                     and (s not in observed or self._stack_changed(loaded, observed, s))]
+        if idle and unmanaged and plan.touches:
             self._start_unmanaged(unmanaged)
 
     def _finish_stack(self, loaded: Loaded,
