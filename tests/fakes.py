@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.errors import (
     ComposeError,
+    ComposeFileError,
     DockerUnavailable,
     ImageNotFound,
     RegistryAuthError,
@@ -21,7 +22,6 @@ from agent.errors import (
     SourceUnavailable,
     StackFilesError,
 )
-from agent.errors import ComposeFileError
 from agent.plan import ObservedContainer
 from agent.ports import Fetched
 
