@@ -650,8 +650,11 @@ class Reconciler:
             raise ConfigError("compose.from_repo", [
                 f"the {self.cfg.source.kind} source cannot read files from the repository"])
         failed = fetched.revision in state.failed_revisions and not force
-        kept = self.stack.applied_files() if failed else None
         applied = self.stack.applied()
+        # a failed revision converges on the last applied files; the applied revision
+        # itself (an idle pass) is read from the kept copy: no source request
+        same = applied is not None and applied.revision == fetched.revision
+        kept = self.stack.applied_files() if failed or same else None
         if kept is not None and applied is not None:
             want, rev = kept, applied.revision
         else:

@@ -52,8 +52,10 @@ class FakeSource:
     fetches: int = 0
     # compose.from_repo: the repository's other files at each revision (path -> content)
     files: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    file_reads: int = 0
 
     def read_files(self, revision: str, paths: Sequence[str]) -> dict[str, bytes]:
+        self.file_reads += 1
         tree = self.files.get(revision, {})
         out = {p: b for p, b in tree.items()
                if any(p == q or p.startswith(q.rstrip("/") + "/") for q in paths)}

@@ -122,6 +122,18 @@ def test_an_idle_pass_writes_no_file_and_calls_no_compose_up(deployed: Shop) -> 
     assert not any(e["event"] == "agent.stack.written" for e in logs)
 
 
+def test_an_idle_pass_reads_no_file_from_the_source_and_still_corrects_drift(
+        deployed: Shop) -> None:
+    reads = deployed.source.file_reads
+    (deployed.project / "conf" / "app.conf").write_bytes(b"level=debug\n")
+    result, logs = deployed.sync()
+    assert result.outcome == "no-op", result.reason
+    assert deployed.source.file_reads == reads  # the applied revision's kept copy
+    assert [e for e in logs if e["event"] == "agent.drift.corrected"][0]["files"] == [
+        "conf/app.conf"]
+    assert (deployed.project / "conf" / "app.conf").read_bytes() == b"level=info\n"
+
+
 def test_unparsable_compose_in_git_is_invalid_and_nothing_is_touched(deployed: Shop) -> None:
     ids = deployed.ids("web") | deployed.ids("api")
     deployed.release(b"{not json", conf=b"level=debug\n")
