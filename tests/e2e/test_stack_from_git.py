@@ -5,6 +5,7 @@ touched, the admin's files are never lost, a failed release returns files and co
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -316,3 +317,24 @@ def test_a_new_service_of_a_failed_release_is_removed_with_its_files(stack):
     assert stack.containers("worker") == []
     assert files_of(pd) == good
     assert stack.serve("web") == "web from git"
+
+
+def test_a_hand_edit_rolled_out_by_hand_is_corrected_and_its_service_recreated(stack):
+    first_deploy(stack)
+    pd = stack.project.project_dir
+    before = stack.container_ids()
+    (pd / "compose.yml").write_text(compose_text(stack, web_env="edited on the server"))
+    # someone ran compose by hand with the edit (the agent's pins in the override)
+    override = stack.project.state_dir / "compose.override.gitops-agent.json"
+    subprocess.run([*stack.compose_cmd, "--project-name", stack.project.name,
+                    "--project-directory", str(pd), "--file", str(pd / "compose.yml"),
+                    "--file", str(override), "up", "-d", "--no-deps", "--", "web"],
+                   check=True, capture_output=True, timeout=120)
+    assert stack.serve("web") == "edited on the server"
+    r = stack.sync()
+    assert r.code == 0, r.logs
+    assert r.find("agent.drift.corrected")[0]["files"] == ["compose.yml"]
+    assert r.find("agent.diff")[0]["config_changed"] == ["web"]
+    assert stack.serve("web") == "web from git"
+    after = stack.container_ids()
+    assert after["api"] == before["api"] and after["side"] == before["side"]
