@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("run", help="the daemon: a pass every interval; SIGHUP for one now")
 
+    s = sub.add_parser("freeze", help="stop applying new revisions on this host")
+    s.add_argument("--reason", required=True, help="shown in status and history")
+    sub.add_parser("unfreeze", help="resume applying new revisions")
+    s = sub.add_parser("rollback", help="back to the previous applied release from local "
+                       "images (no git, no registry when the images are local); then frozen")
+    s.add_argument("--to", default=None, metavar="REVISION",
+                   help="a recorded release (see status) instead of the previous one")
+
     from agent.bump_cli import add_bump_parser
 
     add_bump_parser(sub)
@@ -101,6 +109,10 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
             return cmd_diff(cfg)
         if args.command == "history":
             return cmd_history(cfg, as_json=args.json, n=args.n)
+        if args.command in ("freeze", "unfreeze", "rollback"):
+            from agent.controls_cli import cmd_control
+
+            return cmd_control(cfg, args)
         if args.command == "run":
             from agent.daemon import run_daemon
 
@@ -116,12 +128,14 @@ def _reconciler(cfg: AgentConfig, *, report: bool = False) -> Reconciler:
     from agent.reconcile import Reconciler
     from agent.secrets import registry_auth
 
-    observers = []
+    observers, gates = [], []
     if report:  # only a pass reports (sync); status/diff read and change nothing
+        from agent.controls import build_gates as control_gates
+        from agent.fleet import build_gates
         from agent.report import build_observers
 
-        observers = build_observers(cfg)
-    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers)
+        observers, gates = build_observers(cfg), [*control_gates(cfg), *build_gates(cfg)]
+    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers, gates=gates)
 
 
 def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:
@@ -137,6 +151,8 @@ def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:
         print(f"gitops-agent: {result.outcome}: {first[0]}", file=sys.stderr)
         for line in first[1:]:
             print(line, file=sys.stderr)
+    elif result.outcome in ("frozen", "waiting", "held"):  # a gate: nothing applied, exit 0
+        print(f"gitops-agent: {result.outcome}: {result.reason}")
     return code
 
 
@@ -176,17 +192,22 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
     files = (f"   files from {_short(view.files_revision)}"
              if view.files_revision is not None else "")
     print(f"project {view.project}   desired revision {_short(view.desired_revision)}{files}")
+    if view.frozen:
+        print(f"FROZEN: {view.frozen['describe']} ('gitops-agent unfreeze' to resume)")
     if view.desired_problem:
         print(f"  desired state: {view.desired_problem}")
-    rows = [("SERVICE", "DESIRED", "RUNNING", "HEALTH", "")]
+    rows: list[tuple[str, ...]] = [("SERVICE", "DESIRED", "RUNNING", "HEALTH", "REPLICAS", "")]
     for s in view.services:
         note = "pinned" if s.pinned else ""
         if s.desired and s.running != s.desired:
             note = (note + " out-of-date").strip()
         if s.config_matches is False:
             note = (note + " config-differs").strip()
-        rows.append((s.service, _short(s.desired), _short(s.running), s.health, note))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        rows.append((s.service, _short(s.desired), _short(s.running), s.health,
+                     s.replicas or "", note))
+    if not any(s.replicas for s in view.services):  # compose: no replicas column
+        rows = [(*r[:4], r[5]) for r in rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     for key, v in (("last_attempted", view.last_attempted),
@@ -197,6 +218,10 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
             print(f"{label}: {_short(v['revision'])} {v['outcome']} at {v['at']}{reason}")
         else:
             print(f"{label}: never")
+    for t in view.rollback_targets:  # what `rollback` can return to from local images
+        print(f"rollback target on disk: {_short(t['revision'])} applied {t['at']}")
+    if view.wave is not None:
+        print(f"rollout wave: {view.wave}")
     return EXIT_OK
 
 

@@ -180,6 +180,31 @@ class AgentSection(_Strict):
     history_limit: Annotated[int, Field(ge=1, le=10000)] = 200
     # this host's name in commit statuses, metrics and notifications (default: hostname)
     host: str | None = Field(default=None, min_length=1, max_length=63)
+    # operator controls (agent/controls.py): new revisions are applied only inside one of
+    # these windows ("Mon-Fri 08:00-17:00"), in this IANA zone; retention keeps the images
+    # of the last keep_releases known-good releases of each managed service
+    windows: list[str] | None = None
+    timezone: str = "UTC"
+    keep_releases: Annotated[int, Field(ge=1, le=100)] = 3
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, v: list[str] | None) -> list[str] | None:
+        from agent.windows import parse_window
+
+        for w in v or []:
+            parse_window(w)
+        if v is not None and not v:
+            raise ValueError("an empty list would never apply anything; drop the key instead")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from agent.windows import zone
+
+        zone(v)
+        return v
 
     @field_validator("host")
     @classmethod
@@ -274,9 +299,18 @@ class NotifyConfig(_Strict):
     stuck_after_seconds: Annotated[float, Field(gt=0)] = 900
 
 
+class EngineConfig(_Strict):
+    """``[engine]``: what runs the services. ``compose`` (one host, ``docker compose``) or
+    ``swarm`` (a Docker Swarm cluster: the stack is ``[compose] project_name``, deployed
+    from ``[compose] files`` with ``docker stack deploy``; the agent runs on a manager)."""
+
+    kind: Literal["compose", "swarm"] = "compose"
+
+
 class AgentConfig(_Strict):
     source: SourceConfig
     compose: ComposeConfig
+    engine: EngineConfig = EngineConfig()
     agent: AgentSection = AgentSection()
     registry: dict[str, RegistryCredentials] = Field(default_factory=dict)
     trust: TrustConfig = TrustConfig()

@@ -97,8 +97,12 @@ class Daemon:
 
             # the daemon serves GET /metrics on [metrics] listen
             self.observers = build_observers(cfg, serve_metrics=True)
+            from agent.controls import build_gates as control_gates
+            from agent.fleet import build_gates
+
             reconciler = Reconciler(cfg, registry_auth=registry_auth(cfg),
-                                    observers=self.observers)
+                                    observers=self.observers,
+                                    gates=[*control_gates(cfg), *build_gates(cfg)])
         else:
             self.observers = list(getattr(reconciler, "observers", ()))
         self.reconciler = reconciler
@@ -140,7 +144,9 @@ class Daemon:
         self.passes += 1
         result: PassResult | None = None
         try:
-            result = self.reconciler.run_pass()
+            from agent.controls import daemon_pass  # a pending `rollback` request first
+
+            result = daemon_pass(self.reconciler, self.cfg.agent.state_dir)
         except Exception as e:  # noqa: BLE001 - the daemon lives on; next pass as scheduled
             log.error("agent.daemon.pass_crashed", error=repr(e))
         finally:

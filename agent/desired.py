@@ -12,7 +12,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from ruamel.yaml import YAML
 from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
@@ -95,11 +102,81 @@ class ServiceSpec(BaseModel):
         return f"{self.image}@{self.digest}"
 
 
+MAX_WAVES = 50
+WAVE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+# an [agent] host name, or a shell-style pattern of them (fnmatch: * ? [...])
+HOST_PATTERN_RE = re.compile(r"^[a-z0-9*?\[\]!._-]{1,63}\Z")
+GLOB_CHARS = frozenset("*?[")
+
+
+class Wave(BaseModel):
+    """One wave of a staged rollout (``rollout:`` in desired-state.yml)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str
+    hosts: Annotated[list[str], Field(min_length=1, max_length=1000)]
+    # the wave is done this long after its last host reported success
+    soak_seconds: Annotated[int | float, Field(ge=0, le=7 * 86400)] = 0
+    # for hosts given by patterns: how many successes make the wave done (default 1)
+    min_hosts: Annotated[int, Field(ge=1, le=100000)] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not WAVE_NAME_RE.match(v):
+            raise ValueError("a wave name is 1-63 of letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        bad = [h for h in v if not HOST_PATTERN_RE.match(h)]
+        if bad:
+            raise ValueError(
+                "hosts are [agent] host names or shell-style patterns of them "
+                "(a-z 0-9 . _ - and * ? [ ]): " + ", ".join(repr(b) for b in bad[:5]))
+        return v
+
+    @model_validator(mode="after")
+    def _min_hosts_needs_patterns(self) -> Wave:
+        if self.min_hosts is not None and not self.patterns:
+            raise ValueError("min_hosts counts hosts matched by patterns; this wave names "
+                             "its hosts exactly (each must succeed): remove min_hosts")
+        return self
+
+    @property
+    def exact(self) -> list[str]:
+        """Hosts named exactly: each must report success."""
+        return [h for h in self.hosts if not GLOB_CHARS & set(h)]
+
+    @property
+    def patterns(self) -> list[str]:
+        return [h for h in self.hosts if GLOB_CHARS & set(h)]
+
+    def matches(self, host: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        return any(fnmatchcase(host, p) for p in self.hosts)
+
+
 class DesiredState(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     version: Literal[1]
     services: Annotated[dict[str, ServiceSpec], Field(max_length=MAX_SERVICES)]
+    # staged rollout over many hosts (agent/fleet.py); None: every host applies at once
+    rollout: Annotated[list[Wave], Field(min_length=1, max_length=MAX_WAVES)] | None = None
+
+    @field_validator("rollout")
+    @classmethod
+    def _unique_waves(cls, v: list[Wave] | None) -> list[Wave] | None:
+        if v is not None:
+            names = [w.name for w in v]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            if dup:
+                raise ValueError(f"wave names must be unique; more than once: {', '.join(dup)}")
+        return v
 
     @field_validator("version", mode="before")
     @classmethod

@@ -131,6 +131,15 @@ class PlatformMismatch(ReleaseFailed):
         )
 
 
+class ImageRemovalRefused(AgentError):
+    """The engine refused to remove an image (a container uses it, or it is referenced
+    elsewhere): retention leaves it, never forces."""
+
+
+class NoRollbackTarget(InvalidInput):
+    """``rollback`` has no recorded release to return to (or not the one asked for)."""
+
+
 class CommandError(AgentError):
     """A subprocess at the edge (compose, git) failed. Carries command, exit code, stderr."""
 
@@ -177,6 +186,11 @@ class ComposeMissing(AgentEnvironmentError):
             f"the compose command {self.command[0]!r} cannot be run ({reason}); install "
             "docker compose v2 or set [compose] command in the agent config"
         )
+
+
+class NotSwarmManager(AgentEnvironmentError):
+    """``[engine] kind = "swarm"`` on an engine that is not a swarm manager (a worker, or
+    outside any swarm): only a manager can deploy a stack and read its update state."""
 
 
 class LocalPermissionDenied(AgentEnvironmentError):

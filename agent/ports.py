@@ -12,6 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from agent.desired import Wave
 from agent.plan import ObservedContainer
 
 if TYPE_CHECKING:
@@ -33,6 +34,16 @@ class Source(Protocol):
     def describe(self) -> str: ...
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """An image in the engine's store, as one repository references it."""
+
+    id: str
+    digests: tuple[str, ...]  # the manifest digests it is known by in that repository
+    references: tuple[str, ...]  # that repository's references to it (repo@digest, repo:tag)
+    in_use: bool  # a container (running or not) was created from it
 
 
 class Engine(Protocol):
@@ -58,6 +69,15 @@ class Engine(Protocol):
     def set_alias(self, container_id: str, alias: str, *, present: bool) -> bool:
         """Make ``alias`` resolve, or not, to the container on its networks (other aliases
         kept). Idempotent; returns whether anything changed."""
+        ...
+
+    def local_images(self, repository: str) -> list[LocalImage]:
+        """Images in the store referenced by ``repository`` (tag or digest)."""
+        ...
+
+    def remove_reference(self, reference: str) -> None:
+        """Remove one reference (``repo@digest`` or ``repo:tag``), never forced; the engine
+        deletes the image with its last reference, and refuses one a container uses."""
         ...
 
     def answers(self) -> bool: ...
@@ -98,6 +118,8 @@ class GateQuestion:
     services: tuple[str, ...]  # the services the pass would touch (empty: nothing to do)
     converging: bool  # the revision failed before: the pass returns to known-good digests
     force: bool  # sync --force
+    # the revision's ``rollout:`` waves (desired-state.yml), None when it has none
+    rollout: tuple[Wave, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class ServiceStatus:
     # the running containers' configuration is what project_dir's compose files give them
     # (None: not running / unknown)
     config_matches: bool | None = None
+    replicas: str | None = None  # Swarm: "running/desired" tasks ("n/global" in global mode)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,12 @@ class StatusView:
     failed_revisions: list[str]
     # compose.from_repo: the revision project_dir's files come from
     files_revision: str | None = None
+    # this host's rollout wave in the desired revision (None: no rollout section)
+    wave: str | None = None
+    # operator controls: who froze the host, when and why; releases rollback can reach
+    # from local images
+    frozen: dict[str, Any] | None = None
+    rollback_targets: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +85,16 @@ def _desired(fetched: Fetched | None) -> tuple[DesiredState | None, str | None]:
         return None, str(e)
 
 
+def _replicas(rec: Reconciler, names: list[str]) -> dict[str, str]:
+    """Swarm only: running/desired tasks per service (compose runs what it runs)."""
+    from agent.edges.swarm import SwarmEngine
+
+    if not isinstance(rec.engine, SwarmEngine):
+        return {}
+    return {n: f"{s.running}/{'global' if s.replicas is None else s.replicas}"
+            for n, s in rec.engine.swarm_services(rec.cfg.compose.name, names).items()}
+
+
 def status(rec: Reconciler) -> StatusView:
     state = rec.store.load()
     fetched = rec.cached_desired()
@@ -88,6 +105,7 @@ def status(rec: Reconciler) -> StatusView:
     observed = rec.observe_all()
     names = sorted(set(desired.services if desired else {}) | set(state.known_good))
     matches = _running_config(rec, observed)
+    replicas = _replicas(rec, names)
     services = []
     for n in names:
         spec = desired.services.get(n) if desired else None
@@ -102,6 +120,7 @@ def status(rec: Reconciler) -> StatusView:
             containers=[c.name for c in cs],
             pinned=bool(spec and spec.pinned),
             config_matches=matches.get(n),
+            replicas=replicas.get(n),
         ))
     dump = state.model_dump(mode="json")
     return StatusView(
@@ -114,7 +133,31 @@ def status(rec: Reconciler) -> StatusView:
         in_flight=dump["in_flight"],
         failed_revisions=list(state.failed_revisions),
         files_revision=rec.stack.current().revision if rec.stack else None,
+        wave=_wave(rec, desired),
+        **_controls(rec, state),
     )
+
+
+def _controls(rec: Reconciler, state: AgentState) -> dict[str, Any]:
+    from agent import controls, retention
+
+    try:
+        fr = controls.read_freeze(rec.cfg.agent.state_dir)
+        frozen = None if fr is None else {**fr.model_dump(mode="json"),
+                                          "describe": fr.describe()}
+    except AgentError as e:
+        frozen = {"reason": str(e), "by": None, "at": None, "describe": str(e)}
+    return {"frozen": frozen, "rollback_targets": retention.targets_on_disk(rec.engine, state)}
+
+
+def _wave(rec: Reconciler, desired: DesiredState | None) -> str | None:
+    from agent.fleet import describe_wave
+    from agent.report import host_name
+
+    if desired is None or desired.rollout is None:
+        return None
+    host = host_name(rec.cfg)
+    return f"{host} in {describe_wave(host, desired.rollout)}"
 
 
 def _running_config(rec: Reconciler, observed: Any) -> dict[str, bool | None]:

@@ -27,17 +27,19 @@ from typing import Any, Literal
 
 import structlog
 
-from agent import health
+from agent import health, retention
 from agent.config import AgentConfig
 from agent.desired import (
     DesiredState,
     UpdateOrder,
+    Wave,
     check_against_compose,
     check_allowed_images,
     declared_scale,
     parse_desired_state,
     registry_of,
     resolve_update_orders,
+    why_not_twice,
 )
 from agent.errors import (
     AgentError,
@@ -99,6 +101,7 @@ from agent.state import (
     write_atomic,
 )
 from agent.strategies import Toolkit, UpdateStrategy, pins, strategy_for
+from agent.swarm import swarm_update
 from agent.trust import check_ancestry
 
 __all__ = ["Loaded", "PassResult", "Reconciler", "build_source"]
@@ -174,6 +177,10 @@ def build_source(cfg: AgentConfig) -> Source:
 
 
 def _default_engine(cfg: AgentConfig) -> Engine:
+    if cfg.engine.kind == "swarm":
+        from agent.edges.swarm import SwarmEngine
+
+        return SwarmEngine()
     from agent.edges.docker import DockerEngine
 
     return DockerEngine(pull_stall_timeout=cfg.agent.pull_stall_timeout_seconds)
@@ -190,6 +197,14 @@ def _files_compose(cfg: AgentConfig, files: Sequence[Path]) -> StackCompose:
 
 def _default_compose(cfg: AgentConfig) -> ComposeProject:
     from agent.edges.compose import Compose, find_compose_command
+
+    if cfg.engine.kind == "swarm":
+        from agent.edges.swarm import SwarmStack
+        from agent.secrets import registry_auth
+
+        return SwarmStack(find_compose_command(cfg.compose.command), cfg.compose.project_dir,
+                          cfg.compose.files, cfg.compose.name,
+                          cfg.agent.state_dir / OVERRIDE_FILE, registry_auth=registry_auth(cfg))
 
     return Compose(find_compose_command(cfg.compose.command), cfg.compose.project_dir,
                    cfg.compose.files, cfg.compose.name,
@@ -224,6 +239,7 @@ class Reconciler:
                       if cfg.compose.from_repo else None)
         self.compose_for = compose_for or (lambda files: _files_compose(cfg, files))
         self._project_compose: StackCompose | None = None
+        self.swarm = swarm_update(cfg, self.kit)  # [engine] kind = "swarm": Swarm's updates
 
     # ================================================================== the pass
     def run_pass(self, *, force: bool = False) -> PassResult:
@@ -263,7 +279,7 @@ class Reconciler:
             with run.timed("observe"):
                 run.observed = observed = self._observe(loaded)
             run.plan = plan = self._diff(state, loaded, observed, run.force)
-            stopped = self._ask_gates(state, run, plan)
+            stopped = self._ask_gates(state, run, plan, loaded.desired.rollout)
             if stopped is not None:
                 return stopped
             if plan.is_noop:
@@ -407,12 +423,13 @@ class Reconciler:
         )
         return plan
 
-    def _ask_gates(self, state: AgentState, run: _Run, plan: Plan) -> PassResult | None:
+    def _ask_gates(self, state: AgentState, run: _Run, plan: Plan,
+                   rollout: Sequence[Wave] | None = None) -> PassResult | None:
         """Policies before acting (freeze, windows, waves): the first answer ends the pass."""
         question = GateQuestion(
             revision=plan.revision, services=tuple(plan.changed_services + plan.unverified),
             converging=plan.revision in state.failed_revisions and not run.force,
-            force=run.force)
+            force=run.force, rollout=tuple(rollout) if rollout is not None else None)
         for gate in self.gates:
             answer = gate.check(question)
             if answer is not None:
@@ -547,7 +564,8 @@ class Reconciler:
 
     def _verify(self, release: Release) -> None:
         """Every touched service healthy at its target digest, else Unhealthy."""
-        verdict = self._wait_healthy(release.touched, release.target, release.hashes)
+        verdict = (self.swarm.verify(release.touched, release) if self.swarm is not None
+                   else self._wait_healthy(release.touched, release.target, release.hashes))
         if verdict is not None:
             raise Unhealthy(verdict)
 
@@ -588,6 +606,8 @@ class Reconciler:
     def _succeeded(self, state: AgentState, run: _Run, release: Release) -> PassResult:
         log.info("agent.health.ok", services=release.touched)
         self._note_applied(state, release.plan)
+        state.note_release(release.revision, dict(release.target), utcnow(), release.orders)
+        retention.prune_best_effort(self.engine, state, self.cfg.agent.keep_releases)
         return run.result("applied")
 
     def _note_applied(self, state: AgentState, plan: Plan) -> None:
@@ -632,6 +652,8 @@ class Reconciler:
 
     def _strategies(self, release: Release,
                     services: Sequence[str]) -> list[tuple[UpdateStrategy, list[str]]]:
+        if self.swarm is not None:
+            return [(self.swarm, list(services))] if services else []
         return [(strategy_for(order, self.kit), group)
                 for order, group in release.by_order(services)]
 
@@ -799,6 +821,52 @@ class Reconciler:
             except Exception as e:  # noqa: BLE001 - reporting never affects a release
                 log.error("agent.report.observer_failed", observer=type(o).__name__,
                           error=repr(e))
+
+    # ================================================================== rollback
+    def run_rollback(self, revision: str, target: Mapping[str, ImageDigest],
+                     orders: Mapping[str, UpdateOrder] | None = None) -> PassResult:
+        """Return to a recorded release without asking the source: its digests (pulled
+        only when not local), then record intent → apply → verify → commit or roll back →
+        record, as a pass. Never raises an AgentError."""
+        t0, started, run = time.monotonic(), utcnow(), _Run(force=True)
+        self.store.ensure_dir()
+        state = self.store.load()
+        run.revision = revision
+        try:
+            self.store.probe_writable()
+            with structlog.contextvars.bound_contextvars(revision=revision[:12]):
+                result = self._rollback_pass(state, run, dict(target), dict(orders or {}))
+        except AgentError as e:
+            result = self._failed(state, run, e)
+        self._record(state, result, started, t0,
+                     keep_intent=result.error is not None
+                     and disposition(result.error).keep_intent)
+        self._tell(lambda o: o.pass_finished(result))
+        return result
+
+    def _rollback_pass(self, state: AgentState, run: _Run, target: dict[str, ImageDigest],
+                       orders: dict[str, UpdateOrder]) -> PassResult:
+        compose_services = self.compose.services()
+        with run.timed("observe"):
+            run.observed = observed = self.engine.observe(self.cfg.compose.name, set(target))
+        plan = run.plan = make_plan(run.revision or "", target, observed, state.known_good)
+        log.info("agent.rollback.requested", revision=run.revision,
+                 changes=[f"{c.service}: {_short(c.old)} -> {_short(c.new)}"
+                          for c in plan.changes])
+        if plan.is_noop:
+            return self._idle(state, run, plan)
+        release = Release(
+            plan=plan, observed=observed,
+            previous=carry_over_previous(previous_digests(plan, observed, state.known_good),
+                                         state.in_flight, plan.target),
+            orders={s: orders.get(s) or ("stop-first" if why_not_twice(
+                s, compose_services.get(s) or {}) else "start-first") for s in target},
+            declared={s: declared_scale(compose_services.get(s) or {}) for s in target},
+        )
+        with run.timed("pull"):
+            self._pull(plan.changes)
+        self._record_intent(state, release)
+        return self._release(state, run, release)
 
     # ================================================================== read-only
     def cached_desired(self) -> Fetched | None:

@@ -14,6 +14,7 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -93,6 +94,19 @@ class PassRecord(_Model):
     repeats: int = 1  # consecutive identical no-op passes are folded into one record
 
 
+class ReleaseRecord(_Model):
+    """A release that ran healthy (applied): what ``rollback`` returns to, and what image
+    retention keeps."""
+
+    revision: str
+    at: datetime
+    digests: dict[str, ImageDigest]
+    orders: dict[str, Literal["stop-first", "start-first"]] = Field(default_factory=dict)
+
+
+MAX_RELEASES = 100
+
+
 class AgentState(_Model):
     version: Literal[1] = 1
     last_attempted: RevisionRecord | None = None
@@ -101,6 +115,18 @@ class AgentState(_Model):
     failed_revisions: dict[str, str] = Field(default_factory=dict)
     in_flight: InFlight | None = None
     history: list[PassRecord] = Field(default_factory=list)
+    releases: list[ReleaseRecord] = Field(default_factory=list)  # newest first, bounded
+
+    def note_release(self, revision: str | None, digests: dict[str, ImageDigest],
+                     at: datetime,
+                     orders: Mapping[str, Literal["stop-first", "start-first"]] | None = None,
+                     ) -> None:
+        """A pass ended ``applied``: its digests are a known-good release."""
+        if revision is None or not digests:
+            return
+        self.releases.insert(0, ReleaseRecord(revision=revision, at=at, digests=dict(digests),
+                                              orders=dict(orders or {})))
+        del self.releases[MAX_RELEASES:]
 
     def record_pass(self, rec: PassRecord, limit: int) -> None:
         last = self.history[0] if self.history else None

@@ -67,7 +67,7 @@ def main() -> int:
     log(f"agent package: {Path(agent.__file__).parent}; front: {args.front}")
     with rig.temp_root("gitops-bench-zd-") as root:
         if args.front == "caddy":
-            proxy.build_caddy_image(client, root)
+            proxy.build_caddy_image(client, root, proxy.debian_base_image())
         reg = rig.Registry(port=rig.free_port(), workdir=root / "registry").start()
         try:
             images = {k: rig.build_and_push(client, reg.host, *spec, workdir=root / "ctx")

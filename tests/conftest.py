@@ -110,9 +110,9 @@ os.environ.setdefault("GITOPS_AGENT_FAST_RETRY", "1")
 
 
 @pytest.fixture(scope="session")
-def caddy_image(docker_client, session_dir: Path) -> str:  # type: ignore[no-untyped-def]
+def caddy_image(docker_client, session_dir: Path, debian_base_image: str) -> str:  # type: ignore[no-untyped-def]
     """Debian's caddy 2.6 on the Debian base image (built once, kept between sessions):
     a proxy that follows Docker's DNS and checks nothing."""
     import proxy
 
-    return proxy.build_caddy_image(docker_client, session_dir)
+    return proxy.build_caddy_image(docker_client, session_dir, debian_base_image)

@@ -17,13 +17,14 @@ from agent.errors import (
     ComposeFileError,
     DockerUnavailable,
     ImageNotFound,
+    ImageRemovalRefused,
     RegistryAuthError,
     RegistryUnavailable,
     SourceUnavailable,
     StackFilesError,
 )
 from agent.plan import ObservedContainer
-from agent.ports import Fetched
+from agent.ports import Fetched, LocalImage
 
 
 class Killed(BaseException):
@@ -33,6 +34,11 @@ class Killed(BaseException):
 
 def digest_of(name: str) -> str:
     return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+
+
+def image_id_of(ref: str) -> str:
+    """The fake engine's image id of a local ``repo@digest``."""
+    return digest_of("image:" + ref)
 
 
 def desired_yaml(services: Mapping[str, tuple[str, str]], extra: Mapping[str, Any] | None = None
@@ -126,6 +132,7 @@ class FakeEngine:
     calls: list[str] = field(default_factory=list)
     lose_engine_on_detail: bool = False  # the engine goes away during the health wait
     kill_on: str | None = None  # raise Killed when this call is made
+    images_removed: list[str] = field(default_factory=list)  # repo@digest, by retention
     _seq: int = 0
 
     def publish(self, image: str, digest: str, behaviour: str = HEALTHY) -> None:
@@ -222,6 +229,26 @@ class FakeEngine:
         containers carrying it as an alias."""
         return {c.id for c in self.containers.values()
                 if c.status == "running" and any(name in a for a in c.aliases.values())}
+
+    def local_images(self, repository: str) -> list[LocalImage]:
+        self._check("local_images")
+        out = []
+        for ref in sorted(self.local):
+            repo, digest = ref.split("@", 1)
+            if repo == repository:
+                out.append(LocalImage(
+                    id=image_id_of(ref), digests=(digest,), references=(ref,),
+                    in_use=any(c.image == ref for c in self.containers.values())))
+        return out
+
+    def remove_reference(self, reference: str) -> None:
+        self._check("remove_reference")
+        if reference not in self.local:
+            return
+        if any(c.image == reference for c in self.containers.values()):
+            raise ImageRemovalRefused(f"{reference} is used by a container (fake)")
+        self.local.discard(reference)
+        self.images_removed.append(reference)
 
     def answers(self) -> bool:
         return not self.down

@@ -11,6 +11,9 @@ answering the endpoints the agent uses, with real ETag / 304 semantics:
   application/vnd.github.raw`` the raw bytes, else the JSON with base64 content; 404 when
   the file does not exist at that ref.
 
+* ``GET {prefix}/repos/{owner}/{name}/commits/{ref}/status``: the combined status (the
+  newest status of each context, ``updated_at`` to the second), paginated with ``Link``,
+  an ETag per page and 304 for a matching ``If-None-Match``.
 * ``POST {prefix}/repos/{owner}/{name}/statuses/{sha}``: a commit status (JSON ``state``,
   ``description``, ``context``) is stored in ``statuses`` and answered 201; 422 for an
   unknown commit, a state GitHub does not know, or a description over 140 characters.
@@ -54,8 +57,11 @@ class LoggedRequest:
 
     @property
     def endpoint(self) -> str:
-        """``commits``, ``contents`` or ``other``."""
+        """``commits``, ``status`` (a commit's combined status), ``contents`` or ``other``."""
         parts = self.path.split("/")
+        if len(parts) == 7 and parts[1] == "repos" and parts[4] == "commits" \
+                and parts[6] == "status":
+            return "status"
         return parts[4] if len(parts) > 4 and parts[1] == "repos" else "other"
 
     def header(self, name: str) -> str | None:
@@ -336,6 +342,9 @@ class FakeGitHub:
             signatures, parents = dict(repo.signatures), dict(repo.parents)
         accept = headers.get("accept", "")
 
+        if endpoint == "commits" and rest.endswith("/status"):
+            return self._combined_status(repo_name, rest.removesuffix("/status"), heads,
+                                         files, query, headers, raw_path)
         if endpoint == "commits":
             sha = heads.get(rest, rest if rest in files else None)
             if sha is None:
@@ -435,12 +444,65 @@ class FakeGitHub:
                  "message": "description is too long (maximum is 140 characters)"}]})
         with self.lock:
             status = {"id": len(self.statuses) + 1, "repo": repo_name, "sha": sha,
+                      "updated_at": _now_iso(),
                       "state": data["state"], "description": data.get("description"),
                       "context": data.get("context") or "default",
                       "target_url": data.get("target_url"),
                       "authorization": headers.get("authorization")}
             self.statuses.append(status)
         return _json(201, {k: v for k, v in status.items() if k != "authorization"})
+
+    def add_status(self, sha: str, context: str, state: str, *, repo: str | None = None,
+                   description: str = "", updated_at: str | None = None) -> None:
+        """Store a status as if a host had posted it (benchmarks, unit tests)."""
+        with self.lock:
+            self.repo(repo).files.setdefault(sha, {})
+            self.statuses.append({
+                "id": len(self.statuses) + 1, "repo": repo or self.default_repo, "sha": sha,
+                "updated_at": updated_at or _now_iso(), "state": state,
+                "description": description, "context": context, "target_url": None,
+                "authorization": None})
+
+    def _combined_status(self, repo_name: str, ref: str, heads: Mapping[str, str],
+                         files: Mapping[str, Any], query: Mapping[str, str],
+                         headers: Mapping[str, str], raw_path: str
+                         ) -> tuple[int, dict[str, str], bytes]:
+        """``GET commits/{ref}/status``: the newest status of each context (sorted by
+        context), ``per_page`` (default 30, at most 100) and ``page``, a ``Link: rel="next"``
+        while more remain, an ETag of the page; a matching If-None-Match is answered 304."""
+        sha = heads.get(ref, ref if ref in files else None)
+        if sha is None:
+            return _json(422, {"message": f"No commit found for SHA: {ref}"})
+        with self.lock:
+            newest: dict[str, dict[str, Any]] = {}
+            for st in self.statuses:
+                if st["repo"] == repo_name and st["sha"] == sha:
+                    newest[st["context"]] = st
+        contexts = [newest[c] for c in sorted(newest)]
+        try:
+            per_page = max(1, min(100, int(query.get("per_page", "30"))))
+            page = max(1, int(query.get("page", "1")))
+        except ValueError:
+            return _json(400, {"message": "Bad pagination"})
+        chunk = contexts[(page - 1) * per_page: page * per_page]
+        states = [c["state"] for c in contexts]
+        overall = ("failure" if any(x in ("failure", "error") for x in states) else
+                   "pending" if not states or any(x == "pending" for x in states) else
+                   "success")
+        body = {"state": overall, "sha": sha, "total_count": len(contexts), "statuses": [
+            {"id": c["id"], "state": c["state"], "description": c["description"],
+             "context": c["context"], "target_url": c["target_url"],
+             "created_at": c["updated_at"], "updated_at": c["updated_at"]} for c in chunk]}
+        raw = json.dumps(body, sort_keys=True).encode()
+        etag = '"' + hashlib.sha256(raw).hexdigest()[:40] + '"'
+        out = {"ETag": etag}
+        if page * per_page < len(contexts):
+            base = raw_path.split("?", 1)[0]
+            out["Link"] = (f'<{self.base_url}{base}?per_page={per_page}&page={page + 1}>; '
+                           'rel="next"')
+        if _etag_matches(headers.get("if-none-match"), etag):
+            return 304, out, b""
+        return 200, {"Content-Type": "application/json; charset=utf-8", **out}, raw
 
     def statuses_for(self, sha: str | None = None) -> list[dict[str, Any]]:
         """Commit statuses posted (for one commit), oldest first."""
@@ -513,6 +575,10 @@ def signed_from_git(work: Any, rev: str = "HEAD") -> tuple[str, str | None, str]
             kept.append(line)
     payload = "\n".join(kept) + "\n\n" + message
     return sha, ("\n".join(sig_lines) + "\n" if sig_lines else None), payload
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _json(status: int, body: Any, headers: Mapping[str, str] | None = None

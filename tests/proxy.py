@@ -95,7 +95,6 @@ def build_proxy_image(client: docker.DockerClient, workdir: Path) -> str:
     return IMAGE
 
 
-DEBIAN_IMAGE = "local/debian:bookworm"
 CADDY_IMAGE = "local/caddy-test:1"
 
 CADDYFILE = """\
@@ -127,34 +126,23 @@ def _has_image(client: docker.DockerClient, ref: str) -> bool:
         return False
 
 
-def build_debian_image(client: docker.DockerClient, workdir: Path) -> str:
-    """``local/debian:bookworm`` from debootstrap (minbase), once; idempotent."""
-    if _has_image(client, DEBIAN_IMAGE):
-        return DEBIAN_IMAGE
-    if shutil.which("debootstrap") is None:
-        subprocess.run(["apt-get", "install", "-y", "debootstrap"], check=True,
-                       capture_output=True)
-    root = workdir / "debian-root"
-    shutil.rmtree(root, ignore_errors=True)
-    subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(root)], check=True,
-                   capture_output=True, timeout=900)
-    tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-    subprocess.run(["docker", "import", "-", DEBIAN_IMAGE], stdin=tar.stdout, check=True,
-                   capture_output=True)
-    tar.wait()
-    shutil.rmtree(root, ignore_errors=True)
-    return DEBIAN_IMAGE
+def debian_base_image() -> str:
+    """``local/debian:bookworm`` through scripts/debian-base-image (idempotent: the image
+    existing is the cache), for callers outside pytest's ``debian_base_image`` fixture."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "debian-base-image"
+    out = subprocess.run([str(script)], capture_output=True, text=True, check=True,
+                         timeout=1800)
+    return out.stdout.strip().splitlines()[-1]
 
 
-def build_caddy_image(client: docker.DockerClient, workdir: Path) -> str:
+def build_caddy_image(client: docker.DockerClient, workdir: Path, base: str) -> str:
     """``local/caddy-test:1``: Debian's caddy package on the Debian base image, once."""
     if _has_image(client, CADDY_IMAGE):
         return CADDY_IMAGE
-    build_debian_image(client, workdir)
     ctx = workdir / "caddy-ctx"
     ctx.mkdir(parents=True, exist_ok=True)
     (ctx / "Dockerfile").write_text(
-        f"FROM {DEBIAN_IMAGE}\n"
+        f"FROM {base}\n"
         "RUN apt-get update && apt-get install -y --no-install-recommends caddy "
         "&& rm -rf /var/lib/apt/lists/*\n"
         'ENTRYPOINT ["caddy"]\n')

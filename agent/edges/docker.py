@@ -20,13 +20,15 @@ from agent.desired import registry_of
 from agent.errors import (
     DockerUnavailable,
     ImageNotFound,
+    ImageRemovalRefused,
     LocalPermissionDenied,
     PlatformMismatch,
     RegistryAuthError,
     RegistryUnavailable,
 )
 from agent.log import redact_text
-from agent.plan import ObservedContainer
+from agent.plan import ObservedContainer, repository_of
+from agent.ports import LocalImage
 
 log = structlog.get_logger()
 
@@ -479,6 +481,49 @@ class DockerEngine:
         api._raise_for_status(response)
         stream: Iterator[dict[str, Any]] = api._stream_helper(response, decode=True)
         return stream
+
+    # ------------------------------------------------------------------ retention
+    def local_images(self, repository: str) -> list[LocalImage]:
+        """Images referenced by ``repository`` (by tag or by digest), each with its digests
+        and references there, and whether a container (in any state) was created from it.
+        References of other repositories to the same image are not listed."""
+        with self._api("image list"):
+            images = self.client.api.images()
+            # image id -> the repositories its containers were created from (by name)
+            users: dict[str, set[str]] = {}
+            for c in self.client.api.containers(all=True):
+                name = str(c.get("Image") or "")
+                users.setdefault(str(c.get("ImageID")), set()).add(
+                    "" if name.startswith("sha256:") else repository_of(name))
+        out = []
+        for img in images:
+            every = [r for r in (img.get("RepoTags") or []) + (img.get("RepoDigests") or [])
+                     if r and not r.startswith("<none>")]
+            refs = tuple(sorted(r for r in every if repository_of(r) == repository))
+            if not refs:
+                continue
+            digests = tuple(r.split("@", 1)[1] for r in refs if "@" in r)
+            mine = users.get(str(img["Id"]), set())
+            # a container created through another repository's reference (the same content
+            # pushed elsewhere) keeps that reference: removing this repository's is safe
+            elsewhere = any(repository_of(r) != repository for r in every)
+            in_use = bool(mine) and (repository in mine or "" in mine or not elsewhere)
+            out.append(LocalImage(id=str(img["Id"]), digests=digests, references=refs,
+                                  in_use=in_use))
+        return out
+
+    def remove_reference(self, reference: str) -> None:
+        """``docker rmi REFERENCE``, never forced: untags it, and deletes the image when it
+        was its last reference; the engine refuses an image a container uses."""
+        with self._api("image remove"):
+            try:
+                self.client.api.remove_image(reference, force=False, noprune=False)
+            except docker.errors.ImageNotFound:
+                return
+            except docker.errors.APIError as e:
+                raise ImageRemovalRefused(
+                    f"the engine refused to remove {reference}: {e.explanation or e}"
+                ) from None
 
     def answers(self) -> bool:
         """The engine answers a ping (after an error: was it the engine or the registry?)."""

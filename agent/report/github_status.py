@@ -20,6 +20,7 @@ import requests
 import structlog
 
 from agent.config import AgentConfig
+from agent.edges.github_statuses import github_session
 from agent.outcomes import PassResult
 from agent.report import first_line, host_name, load_json, runs_line, save_json
 from agent.secrets import read_secret_file
@@ -58,13 +59,7 @@ class GitHubStatusReporter:
         self.timeout = timeout
         self.path = state_dir / OUTBOX_FILE
         self.clock = clock
-        self.session = session or requests.Session()
-        self.session.headers.update({
-            "Authorization": f"Bearer {token}",
-            "Accept": "application/vnd.github+json",
-            "X-GitHub-Api-Version": "2022-11-28",
-            "User-Agent": "gitops-agent",
-        })
+        self.session = github_session(token, session)
         self._auth_logged = False
         data = load_json(self.path, "github statuses")
         self.last: dict[str, str] = {
