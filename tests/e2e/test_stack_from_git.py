@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,15 +45,19 @@ def compose_text(h: Harness, *, web_env: str = "web from git", extra_services: s
 
 
 @pytest.fixture
-def stack(harness: Harness) -> Harness:
-    """The harness's project with compose.yml from git, the server's copy gone."""
+def stack(harness: Harness) -> Iterator[Harness]:
+    """The harness's project with compose.yml from git, the server's copy gone. Torn down
+    by project name (project_dir may hold no compose.yml if a test stopped early)."""
     cfg = harness.project.config_path.read_text()
     line = f'project_name = "{harness.project.name}"'
     harness.project.config_path.write_text(cfg.replace(line, f"{line}\n{FROM_REPO}", 1))
     (harness.project.project_dir / "compose.yml").unlink()
     harness.project.repo.commit_file("compose.yml", compose_text(harness), "compose")
     harness.project.repo.commit_file("conf/app.conf", "level=info\n", "conf")
-    return harness
+    yield harness
+    subprocess.run([*harness.compose_cmd, "--project-name", harness.project.name, "down",
+                    "--volumes", "--timeout", "1", "--remove-orphans"],
+                   capture_output=True, check=False, timeout=120)
 
 
 def commit_compose(h: Harness, text: str, message: str = "compose change") -> str:
