@@ -189,7 +189,9 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps(view.to_json(), indent=2))
         return EXIT_OK
-    print(f"project {view.project}   desired revision {_short(view.desired_revision)}")
+    files = (f"   files from {_short(view.files_revision)}"
+             if view.files_revision is not None else "")
+    print(f"project {view.project}   desired revision {_short(view.desired_revision)}{files}")
     if view.frozen:
         print(f"FROZEN: {view.frozen['describe']} ('gitops-agent unfreeze' to resume)")
     if view.desired_problem:
@@ -199,6 +201,8 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
         note = "pinned" if s.pinned else ""
         if s.desired and s.running != s.desired:
             note = (note + " out-of-date").strip()
+        if s.config_matches is False:
+            note = (note + " config-differs").strip()
         rows.append((s.service, _short(s.desired), _short(s.running), s.health,
                      s.replicas or "", note))
     if not any(s.replicas for s in view.services):  # compose: no replicas column
@@ -231,10 +235,22 @@ def cmd_diff(cfg: AgentConfig) -> int:
     if view.origin == "cached":
         note += " (as last fetched by the running agent)"
     print(f"revision {view.revision[:12]}{note}")
-    if not view.changes and not view.unverified:
+    if not (view.changes or view.unverified or view.config_drift or view.files_written
+            or view.files_removed):
         print("no changes")
     for c in view.changes:
-        print(f"~ {c.service}: {_short(c.old)} -> {_short(c.new)}  ({c.image})")
+        keys = view.config.get(c.service)
+        what = (f"config: {', '.join(keys)}" if c.old == c.new and keys
+                else f"{_short(c.old)} -> {_short(c.new)}")
+        if keys and c.old != c.new:
+            what += f"; config: {', '.join(keys)}"
+        print(f"~ {c.service}: {what}  ({c.image})")
+    for s in view.config_drift:
+        print(f"! {s}: running configuration differs from the compose files in project_dir")
+    for f in view.files_written:
+        print(f"> {f}: written from git")
+    for f in view.files_removed:
+        print(f"- {f}: removed (git no longer has it)")
     for s in view.unverified:
         print(f"? {s}: running the target digest, not yet verified healthy")
     return EXIT_OK

@@ -134,6 +134,22 @@ class ComposeConfig(_Strict):
     # decides, as it does by hand (COMPOSE_PROFILES in the environment or the project's .env).
     profiles: list[Annotated[str, Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")]] = Field(
         default_factory=list)
+    # Paths in the repository (a directory: every file under it) written into project_dir
+    # at each revision, at the same relative paths. None: compose files stay the server's.
+    from_repo: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("from_repo")
+    @classmethod
+    def _repo_paths(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        for p in v:
+            parts = p.rstrip("/").split("/")
+            if not p or p.startswith("/") or any(x in ("", ".", "..") for x in parts) \
+                    or "\\" in p or p.startswith(".git/") or parts[0] == ".git":
+                raise ValueError(f"{p!r} must be a relative path inside the repository "
+                                 "(no '..', no leading '/')")
+        return v
 
     @property
     def name(self) -> str:

@@ -54,6 +54,11 @@ class ComposeFileError(InvalidInput):
     """The compose files on the server do not parse."""
 
 
+class StackFilesError(InvalidInput):
+    """The compose project's files in the repository (``compose.from_repo``) cannot be
+    deployed: missing, too large, not plain files, or their path is taken by a local file."""
+
+
 class UntrustedRevision(InvalidInput):
     """The revision is refused by the trust policy (signature, allowlist)."""
 

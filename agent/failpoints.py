@@ -1,7 +1,9 @@
 """Failpoints for fault-injection tests: ``GITOPS_AGENT_FAILPOINTS=after-pull`` makes the
 process SIGKILL itself when it reaches that point, exactly as an OOM kill or power cut would.
 
-Names: after-fetch, after-pull, during-apply, after-apply, during-health, during-rollback.
+Names: after-fetch, after-pull, during-apply, after-apply, during-health, during-rollback;
+with compose.from_repo also during-files (after the first file written), after-files,
+after-rollback-files.
 Unset in production (the default) it costs one dict lookup.
 """
 

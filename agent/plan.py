@@ -25,6 +25,7 @@ class ObservedContainer:
     restart_count: int = 0
     exit_code: int = 0
     health_output: str = ""
+    config_hash: str | None = None  # compose's com.docker.compose.config-hash label
 
 
 def repository_of(image_ref: str) -> str:
@@ -45,6 +46,16 @@ def running_digest(containers: Sequence[ObservedContainer]) -> str | None:
     return next(iter(digests))
 
 
+def running_config_hash(containers: Sequence[ObservedContainer]) -> str | None:
+    """The compose configuration hash a service runs with: the one all its running
+    containers share, else None."""
+    live = [c for c in containers if c.status in ("running", "restarting")]
+    hashes = {c.config_hash for c in live}
+    if len(live) == 0 or len(hashes) != 1:
+        return None
+    return next(iter(hashes))
+
+
 @dataclass(frozen=True)
 class Plan:
     revision: str
@@ -53,6 +64,9 @@ class Plan:
     changes: list[Change] = field(default_factory=list)
     # services already at target but not yet verified since a crash/earlier pass
     unverified: list[str] = field(default_factory=list)
+    # of the changes, the services whose digest stays and whose compose configuration
+    # changed (compose.from_repo: a new revision of the compose files)
+    config_changed: list[str] = field(default_factory=list)
 
     @property
     def changed_services(self) -> list[str]:
@@ -83,20 +97,30 @@ def make_plan(
     target: Mapping[str, ImageDigest],
     observed: Mapping[str, Sequence[ObservedContainer]],
     known_good: Mapping[str, ImageDigest],
+    hashes: Mapping[str, str] | None = None,
 ) -> Plan:
     """Services whose running digest differs from the target change; services that run the
     target but were never verified healthy (e.g. the agent crashed after apply) are verified.
+    With ``hashes`` (the model's configuration hash per service, as compose computes it), a
+    service whose running containers carry another hash changes too: compose would
+    recreate it.
     """
     changes: list[Change] = []
     unverified: list[str] = []
+    config_changed: list[str] = []
     for name in sorted(target):
         want = target[name]
         have = running_digest(observed.get(name, ()))
         if have != want.digest:
             changes.append(Change(service=name, image=want.image, old=have, new=want.digest))
+        elif hashes is not None and name in hashes and \
+                running_config_hash(observed.get(name, ())) != hashes[name]:
+            changes.append(Change(service=name, image=want.image, old=have, new=want.digest))
+            config_changed.append(name)
         elif name not in known_good or known_good[name].digest != want.digest:
             unverified.append(name)
-    return Plan(revision=revision, target=dict(target), changes=changes, unverified=unverified)
+    return Plan(revision=revision, target=dict(target), changes=changes, unverified=unverified,
+                config_changed=config_changed)
 
 
 def previous_digests(
@@ -113,7 +137,8 @@ def previous_digests(
             continue
         containers = observed.get(name, ())
         have = running_digest(containers)
-        if have is not None and have != plan.target[name].digest:
+        if have is not None and (have != plan.target[name].digest
+                                 or name in plan.config_changed):
             # the repository the running container came from, not the target's: a release
             # that moves a service to another repository rolls back to where it was
             live = next(c for c in containers if c.digest == have)
@@ -152,6 +177,8 @@ class Release:
     declared: dict[str, int] = field(default_factory=dict)
     # services compose.yml runs that desired-state does not manage, and that do not run
     unmanaged_missing: list[str] = field(default_factory=list)
+    # compose.from_repo: the configuration hash each service's new containers carry
+    hashes: dict[str, str] = field(default_factory=dict)
 
     @property
     def revision(self) -> str:
@@ -164,6 +191,13 @@ class Release:
     @property
     def touched(self) -> list[str]:
         return self.plan.changed_services + self.plan.unverified
+
+    def at_target(self, service: str, c: ObservedContainer) -> bool:
+        """A container of the release: the target digest (and, with configuration hashes,
+        the target configuration)."""
+        want = self.hashes.get(service)
+        return c.digest == self.target[service].digest and (
+            want is None or c.config_hash == want)
 
     def by_order(self, services: Sequence[str]) -> list[tuple[UpdateOrder, list[str]]]:
         """``services`` grouped by update order, stop-first first (one compose call each)."""

@@ -27,6 +27,9 @@ class ServiceStatus:
     health: str
     containers: list[str]
     pinned: bool
+    # the running containers' configuration is what project_dir's compose files give them
+    # (None: not running / unknown)
+    config_matches: bool | None = None
     replicas: str | None = None  # Swarm: "running/desired" tasks ("n/global" in global mode)
 
 
@@ -40,6 +43,8 @@ class StatusView:
     last_applied: dict[str, Any] | None
     in_flight: dict[str, Any] | None
     failed_revisions: list[str]
+    # compose.from_repo: the revision project_dir's files come from
+    files_revision: str | None = None
     # this host's rollout wave in the desired revision (None: no rollout section)
     wave: str | None = None
     # operator controls: who froze the host, when and why; releases rollback can reach
@@ -59,6 +64,13 @@ class DiffView:
     unverified: list[str] = field(default_factory=list)
     # where the desired state came from: "fetched" now, or "cached" from the running agent
     origin: str = "fetched"
+    # per service whose configuration changes, the top-level compose keys that differ
+    config: dict[str, list[str]] = field(default_factory=dict)
+    # without from_repo: running services whose configuration is not the compose files'
+    config_drift: list[str] = field(default_factory=list)
+    # compose.from_repo: files the revision writes / removes in project_dir
+    files_written: list[str] = field(default_factory=list)
+    files_removed: list[str] = field(default_factory=list)
 
 
 def _desired(fetched: Fetched | None) -> tuple[DesiredState | None, str | None]:
@@ -92,6 +104,7 @@ def status(rec: Reconciler) -> StatusView:
         problem = last.reason  # the newest revision was refused; the cache is older
     observed = rec.observe_all()
     names = sorted(set(desired.services if desired else {}) | set(state.known_good))
+    matches = _running_config(rec, observed)
     replicas = _replicas(rec, names)
     services = []
     for n in names:
@@ -106,6 +119,7 @@ def status(rec: Reconciler) -> StatusView:
             health=service_health(cs),
             containers=[c.name for c in cs],
             pinned=bool(spec and spec.pinned),
+            config_matches=matches.get(n),
             replicas=replicas.get(n),
         ))
     dump = state.model_dump(mode="json")
@@ -118,6 +132,7 @@ def status(rec: Reconciler) -> StatusView:
         last_applied=dump["last_applied"],
         in_flight=dump["in_flight"],
         failed_revisions=list(state.failed_revisions),
+        files_revision=rec.stack.current().revision if rec.stack else None,
         wave=_wave(rec, desired),
         **_controls(rec, state),
     )
@@ -145,6 +160,13 @@ def _wave(rec: Reconciler, desired: DesiredState | None) -> str | None:
     return f"{host} in {describe_wave(host, desired.rollout)}"
 
 
+def _running_config(rec: Reconciler, observed: Any) -> dict[str, bool | None]:
+    try:
+        return rec.running_config(observed)
+    except AgentError:
+        return {}  # compose files that do not parse: status still shows the rest
+
+
 def diff(rec: Reconciler) -> DiffView:
     """What a sync would change. Validates like a pass (InvalidInput propagates)."""
     try:
@@ -156,10 +178,17 @@ def diff(rec: Reconciler) -> DiffView:
         if fetched is None:
             raise
     assert fetched is not None
-    loaded = rec.load_desired(fetched)
     state: AgentState = rec.store.load()
-    plan = rec.plan_for(loaded, rec.observe_all(), state)
+    stack = rec.stack_for(fetched, state) if origin == "fetched" else None
+    loaded = rec.load_desired(fetched, stack)
+    observed = rec.observe_all()
+    plan = rec.plan_for(loaded, observed, state)
+    config = rec.config_keys_changed(loaded, plan.config_changed) if stack else {}
+    drift = [] if stack else sorted(s for s, ok in _running_config(rec, observed).items()
+                                    if ok is False)
     return DiffView(revision=fetched.revision,
                     failed_before=fetched.revision in state.failed_revisions,
                     changes=list(plan.changes), unverified=list(plan.unverified),
-                    origin=origin)
+                    origin=origin, config=config, config_drift=drift,
+                    files_written=stack.plan.writes if stack else [],
+                    files_removed=stack.plan.deletes if stack else [])

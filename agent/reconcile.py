@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import structlog
@@ -44,6 +45,7 @@ from agent.errors import (
     AgentError,
     ApplyFailed,
     ComposeError,
+    ConfigError,
     DockerUnavailable,
     ImageNotFound,
     PlatformMismatch,
@@ -65,6 +67,7 @@ from agent.plan import (
     effective_target,
     make_plan,
     previous_digests,
+    running_config_hash,
     running_digest,
 )
 from agent.ports import (
@@ -77,6 +80,14 @@ from agent.ports import (
     Source,
 )
 from agent.retry import retry_transient
+from agent.stack import (
+    FileSource,
+    StackCompose,
+    StackJournal,
+    StagedStack,
+    check_compose_images,
+    orphans,
+)
 from agent.state import (
     AgentState,
     Change,
@@ -108,6 +119,7 @@ class Loaded:
     desired: DesiredState
     compose_services: dict[str, Any]
     orders: dict[str, UpdateOrder]
+    stack: StagedStack | None = None  # compose.from_repo: the revision's files
 
     @property
     def revision(self) -> str:
@@ -174,6 +186,15 @@ def _default_engine(cfg: AgentConfig) -> Engine:
     return DockerEngine(pull_stall_timeout=cfg.agent.pull_stall_timeout_seconds)
 
 
+def _files_compose(cfg: AgentConfig, files: Sequence[Path]) -> StackCompose:
+    """compose on other files (a staged revision) with project_dir's semantics: relative
+    paths and ``.env`` resolve in project_dir; no override (hashes get the pins on stdin)."""
+    from agent.edges.compose import Compose, find_compose_command
+
+    return Compose(find_compose_command(cfg.compose.command), cfg.compose.project_dir,
+                   [str(f) for f in files], cfg.compose.name, profiles=cfg.compose.profiles)
+
+
 def _default_compose(cfg: AgentConfig) -> ComposeProject:
     from agent.edges.compose import Compose, find_compose_command
 
@@ -202,6 +223,7 @@ class Reconciler:
         observers: Sequence[PassObserver] = (),
         gates: Sequence[Gate] = (),
         sleep: Callable[[float], None] = time.sleep,
+        compose_for: Callable[[Sequence[Path]], StackCompose] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = StateStore(cfg.agent.state_dir)
@@ -213,6 +235,10 @@ class Reconciler:
         self.gates = list(gates)
         self.kit = Toolkit(self.engine, self.compose, cfg.compose.name,
                            cfg.agent.handover_seconds, self._pull, sleep)
+        self.stack = (StackJournal(cfg.agent.state_dir, cfg.compose.project_dir)
+                      if cfg.compose.from_repo else None)
+        self.compose_for = compose_for or (lambda files: _files_compose(cfg, files))
+        self._project_compose: StackCompose | None = None
         self.swarm = swarm_update(cfg, self.kit)  # [engine] kind = "swarm": Swarm's updates
 
     # ================================================================== the pass
@@ -247,7 +273,8 @@ class Reconciler:
         with structlog.contextvars.bound_contextvars(revision=fetched.revision[:12]):
             with run.timed("validate"):
                 self._check_history(state, fetched, run.force)
-                loaded = self.load_desired(fetched)
+                stack = self._stack_files(state, fetched, run.force)
+                loaded = self.load_desired(fetched, stack)
             self._cache_desired(state, fetched)
             with run.timed("observe"):
                 run.observed = observed = self._observe(loaded)
@@ -256,13 +283,21 @@ class Reconciler:
             if stopped is not None:
                 return stopped
             if plan.is_noop:
-                return self._idle(state, run, plan)
+                self._write_stack(loaded, observed, idle=True)
+                result = self._idle(state, run, plan)
+                if result.outcome == "no-op":
+                    self._finish_stack(loaded, observed)
+                return result
             release = self._prepare(state, loaded, plan, observed)
             with run.timed("pull"):
                 self._pull(plan.changes)
             failpoint("after-pull")
             self._record_intent(state, release)
-            return self._release(state, run, release)
+            self._write_stack(loaded, observed)
+            result = self._release(state, run, release)
+            if result.outcome == "applied":
+                self._finish_stack(loaded, observed)
+            return result
 
     def _release(self, state: AgentState, run: _Run, release: Release) -> PassResult:
         """Apply, verify, then commit — or roll back whatever the release touched."""
@@ -327,20 +362,25 @@ class Reconciler:
             fetched.revision, require_signed=self.cfg.trust.require_signed_commits,
             allow_rewind=self.cfg.trust.allow_rewind, force=force, path=fetched.path)
 
-    def load_desired(self, fetched: Fetched) -> Loaded:
+    def load_desired(self, fetched: Fetched, stack: StagedStack | None = None) -> Loaded:
         """Parse and validate everything before anything is touched. Raises InvalidInput."""
         source = f"{fetched.path}@{fetched.revision[:12]}"
         if fetched.trust_error:
             raise UntrustedRevision(source, [fetched.trust_error])
         desired = parse_desired_state(fetched.content, source)
         check_allowed_images(desired, self.cfg.trust.allowed_images, source)
-        compose_services = self.compose.services()
-        inactive = (self.compose.inactive_services()
+        compose: ComposeProject | StackCompose = self.compose if stack is None else stack.compose
+        compose_services = compose.services()
+        if stack is not None and (stack.plan.touches or stack.plan.adopted):
+            check_compose_images(
+                stack.compose.config(profiles=["*"]).get("services") or {},
+                self.cfg.trust.allowed_images, f"compose.from_repo@{fetched.revision[:12]}")
+        inactive = (compose.inactive_services()
                     if set(desired.services) - set(compose_services) else {})
         check_against_compose(desired, compose_services, source, inactive=inactive,
                               compose_files=", ".join(self.cfg.compose.files))
         orders = resolve_update_orders(desired, compose_services, source)
-        return Loaded(fetched, desired, compose_services, orders)
+        return Loaded(fetched, desired, compose_services, orders, stack)
 
     def _cache_desired(self, state: AgentState, fetched: Fetched) -> None:
         """The last valid desired state, for ``status`` and ``diff`` while the daemon runs.
@@ -371,12 +411,14 @@ class Reconciler:
             log.info("agent.sync.forced", revision=rev,
                      previous_failure=state.failed_revisions[rev])
         target = effective_target(loaded.desired, state.known_good, revision_failed)
-        plan = make_plan(rev, target, observed, state.known_good)
+        hashes = self._config_hashes(loaded, target)
+        plan = make_plan(rev, target, observed, state.known_good, hashes)
         log.info(
             "agent.diff",
             revision=rev,
             changes=[f"{c.service}: {_short(c.old)} -> {_short(c.new)}" for c in plan.changes],
             unverified=plan.unverified,
+            config_changed=plan.config_changed,
             unchanged=sorted(set(target) - set(plan.changed_services) - set(plan.unverified)),
         )
         return plan
@@ -423,7 +465,10 @@ class Reconciler:
             declared={s: declared_scale(loaded.compose_services.get(s) or {})
                       for s in plan.target},
             unmanaged_missing=sorted(s for s in loaded.compose_services
-                                     if s not in plan.target and s not in observed),
+                                     if s not in plan.target and (
+                                         s not in observed
+                                         or self._stack_changed(loaded, observed, s))),
+            hashes=dict(loaded.stack.hashes) if loaded.stack else {},
         )
 
     # ------------------------------------------------------------------ pull
@@ -520,15 +565,23 @@ class Reconciler:
     def _verify(self, release: Release) -> None:
         """Every touched service healthy at its target digest, else Unhealthy."""
         verdict = (self.swarm.verify(release.touched, release) if self.swarm is not None
-                   else self._wait_healthy(release.touched, release.target))
+                   else self._wait_healthy(release.touched, release.target, release.hashes))
         if verdict is not None:
             raise Unhealthy(verdict)
 
-    def _wait_healthy(self, services: Sequence[str],
-                      target: Mapping[str, ImageDigest]) -> str | None:
+    def _wait_healthy(self, services: Sequence[str], target: Mapping[str, ImageDigest],
+                      hashes: Mapping[str, str] | None = None) -> str | None:
+        def observe() -> dict[str, list[ObservedContainer]]:
+            seen = self.engine.observe(self.cfg.compose.name, set(services), detail=True)
+            if not hashes:
+                return seen
+            # compose.from_repo: the release's containers carry its configuration hash
+            # (another container at the same digest is an older configuration, retired)
+            return {s: [c for c in cs if s not in hashes or c.config_hash == hashes[s]]
+                    for s, cs in seen.items()}
+
         return health.wait_healthy(
-            observe=lambda: self.engine.observe(self.cfg.compose.name, set(services),
-                                                detail=True),
+            observe=observe,
             services=services,
             digests={s: target[s].digest for s in services},
             timeout=self.cfg.agent.health_timeout_seconds,
@@ -576,6 +629,7 @@ class Reconciler:
         self._set_phase(state, "rollback")  # converges on the previous release
         note, keep_intent = "", False
         try:
+            self._restore_stack(release)
             self._pin(release.rollback_pins())
             restored: list[str] = []
             for strategy, services in self._strategies(release, release.touched):
@@ -605,6 +659,107 @@ class Reconciler:
 
     def _pin(self, images: Mapping[str, ImageDigest]) -> None:
         self.compose.pin(pins(images))
+
+    # ------------------------------------------------------------------ stack files
+    def _stack_files(self, state: AgentState, fetched: Fetched,
+                     force: bool) -> StagedStack | None:
+        """compose.from_repo: the files project_dir must hold for this pass — the revision's,
+        or, for a revision that failed before, the last applied ones — staged for
+        validation when anything changes. A path taken by a local file: StackFilesError."""
+        if self.stack is None or fetched.trust_error:
+            return None
+        if not isinstance(self.source, FileSource):
+            raise ConfigError("compose.from_repo", [
+                f"the {self.cfg.source.kind} source cannot read files from the repository"])
+        failed = fetched.revision in state.failed_revisions and not force
+        applied = self.stack.applied()
+        # a failed revision converges on the last applied files; the applied revision
+        # itself (an idle pass) is read from the kept copy: no source request
+        same = applied is not None and applied.revision == fetched.revision
+        kept = self.stack.applied_files() if failed or same else None
+        if kept is not None and applied is not None:
+            want, rev = kept, applied.revision
+        else:
+            want = self.source.read_files(fetched.revision, self.cfg.compose.from_repo or [])
+            rev = fetched.revision
+        plan = self.stack.plan(rev, want)
+        if plan.touches:
+            compose = self.compose_for(self.stack.stage(plan, self.cfg.compose.files))
+        else:
+            compose = self._files_compose()
+        return StagedStack(plan, compose)
+
+    def _config_hashes(self, loaded: Loaded,
+                       target: Mapping[str, ImageDigest]) -> dict[str, str] | None:
+        """The model's configuration hash per service, pinned to the target digests (as
+        the containers will be created): compose.from_repo only."""
+        if loaded.stack is None:
+            return None
+        loaded.stack.hashes = loaded.stack.compose.config_hashes(pins(target))
+        return loaded.stack.hashes
+
+    def _stack_changed(self, loaded: Loaded,
+                       observed: Mapping[str, Sequence[ObservedContainer]], service: str) -> bool:
+        """An unmanaged service whose running configuration is not the model's."""
+        if loaded.stack is None or service not in loaded.stack.hashes:
+            return False
+        return running_config_hash(observed.get(service, ())) != loaded.stack.hashes[service]
+
+    def _write_stack(self, loaded: Loaded, observed: Mapping[str, Sequence[ObservedContainer]],
+                     *, idle: bool = False) -> None:
+        """Write the validated files into project_dir (after the release's intent). With
+        no release (idle), unmanaged services the files add or change are brought up here
+        (a release brings them up in its apply)."""
+        if loaded.stack is None:
+            return
+        plan, stack = loaded.stack.plan, self.stack
+        assert stack is not None
+        if plan.drifted:
+            log.warning("agent.drift.corrected", files=plan.drifted,
+                        message="files the agent wrote were edited; git's content is back")
+        if plan.touches or plan.adopted:
+            stack.write(plan)
+            failpoint("after-files")
+            log.info("agent.stack.written", revision=plan.revision, written=plan.writes,
+                     removed=plan.deletes, adopted=plan.adopted)
+        # services desired-state does not manage follow the files too, when they change
+        # (never on their own on an idle poll: a missing image is not pulled every pass)
+        unmanaged = [s for s in loaded.compose_services
+                     if s not in loaded.desired.services
+                     and (s not in observed or self._stack_changed(loaded, observed, s))]
+        if idle and unmanaged and plan.touches:
+            self._start_unmanaged(unmanaged)
+
+    def _finish_stack(self, loaded: Loaded,
+                      observed: Mapping[str, Sequence[ObservedContainer]]) -> None:
+        """The revision runs healthy: services its compose files no longer have go (their
+        named volumes stay), and its files are what a later rollback returns to."""
+        if loaded.stack is None or self.stack is None:
+            return
+        known = {*loaded.compose_services, *loaded.stack.compose.inactive_services()}
+        gone = orphans(observed, known)
+        if gone:
+            log.info("agent.stack.removing", services=gone,
+                     message="no longer in the compose files; named volumes kept")
+            for s in gone:
+                for c in observed.get(s, ()):
+                    self.engine.stop_and_remove(c.container_id)
+        stack, plan = self.stack, loaded.stack.plan
+        self._save_best_effort(lambda: stack.record_applied(plan), what="applied files")
+
+    def _restore_stack(self, release: Release) -> None:
+        """A failed release: its new services go while compose still knows them, then the
+        last applied revision's files come back (the strategies restore the rest)."""
+        if self.stack is None:
+            return
+        added = [s for s in release.touched if release.previous.get(s) is None]
+        if added:
+            self.compose.remove(added)
+        restored = self.stack.restore_applied()
+        failpoint("after-rollback-files")
+        if restored is not None:
+            log.info("agent.rollback.files", revision=restored.revision,
+                     written=restored.writes, removed=restored.deletes)
 
     # ------------------------------------------------------------------ record
     def _failed(self, state: AgentState, run: _Run, e: AgentError) -> PassResult:
@@ -733,9 +888,50 @@ class Reconciler:
     def plan_for(self, loaded: Loaded, observed: Mapping[str, Sequence[ObservedContainer]],
                  state: AgentState) -> Plan:
         failed = loaded.revision in state.failed_revisions
-        return make_plan(loaded.revision,
-                         effective_target(loaded.desired, state.known_good, failed),
-                         observed, state.known_good)
+        target = effective_target(loaded.desired, state.known_good, failed)
+        return make_plan(loaded.revision, target, observed, state.known_good,
+                         self._config_hashes(loaded, target))
+
+    def stack_for(self, fetched: Fetched, state: AgentState) -> StagedStack | None:
+        """compose.from_repo: the revision's files, staged (under state_dir) when they
+        differ from project_dir's; project_dir is not touched. Hold the lock."""
+        return self._stack_files(state, fetched, force=False)
+
+    def running_config(self, observed: Mapping[str, Sequence[ObservedContainer]]
+                       ) -> dict[str, bool | None]:
+        """Per running service: whether its containers' configuration is the one the
+        compose files in project_dir give it (at the digest it runs), None when unknown.
+        A False without from_repo: someone edited the compose files since (or the
+        containers)."""
+        pinned = {}
+        for s, cs in observed.items():
+            d = running_digest(cs)
+            live = [c for c in cs if c.digest == d and d is not None]
+            if live and "@" in live[0].image_ref:
+                pinned[s] = f"{live[0].image_ref.split('@', 1)[0]}@{d}"
+        hashes = self._files_compose().config_hashes(pinned)
+        out: dict[str, bool | None] = {}
+        for s, cs in observed.items():
+            have = running_config_hash(cs)
+            out[s] = None if have is None or s not in hashes else have == hashes[s]
+        return out
+
+    def config_keys_changed(self, loaded: Loaded, services: Sequence[str]) -> dict[str, list[str]]:
+        """Per service, the top-level compose keys (``environment``, ``ports``, ``labels``…)
+        whose value differs between project_dir's compose files and the revision's."""
+        now = self._files_compose().services()
+        out = {}
+        for s in services:
+            a, b = now.get(s) or {}, loaded.compose_services.get(s) or {}
+            out[s] = sorted(k for k in {*a, *b} if a.get(k) != b.get(k)) or ["(added)"
+                                                                             if not a else "?"]
+        return out
+
+    def _files_compose(self) -> StackCompose:
+        if self._project_compose is None:
+            self._project_compose = self.compose_for(
+                [self.cfg.compose.project_dir / f for f in self.cfg.compose.files])
+        return self._project_compose
 
 
 def _reports(target: Mapping[str, ImageDigest],

@@ -107,7 +107,8 @@ class StartFirst(UpdateStrategy):
         if not changed:
             return
         scale = {s: start_first_scale(release.observed.get(s, ()), release.target[s].digest,
-                                      release.declared.get(s, 1)) for s in changed}
+                                      release.declared.get(s, 1), release.hashes.get(s))
+                 for s in changed}
         log.info("agent.apply.start_first", services=changed, scale=scale,
                  message="new containers start beside the old ones, out of rotation")
         self.kit.compose.up(changed, pull="never", scale=scale, no_recreate=True, start=False)
@@ -115,7 +116,7 @@ class StartFirst(UpdateStrategy):
         observed = self.kit.observe(changed)
         for s in changed:
             for c in observed.get(s, ()):
-                if c.digest == release.target[s].digest and c.status == "created":
+                if release.at_target(s, c) and c.status == "created":
                     self._reconnect_lost(s, c, None)
                     engine.set_alias(c.container_id, s, present=False)  # withheld
                     engine.start_container(c.container_id)
@@ -131,13 +132,13 @@ class StartFirst(UpdateStrategy):
         for s in services:
             if s not in release.target:
                 continue
-            containers, digest = observed.get(s, ()), release.target[s].digest
+            containers = observed.get(s, ())
             for c in containers:
-                if c.digest == digest and c.status == "running":
+                if release.at_target(s, c) and c.status == "running":
                     self._reconnect_lost(s, c, s)
                     if engine.set_alias(c.container_id, s, present=True):
                         log.info("agent.apply.admitted", service=s, container=c.name)
-            retiring += [(s, c) for c in containers if c.digest != digest]
+            retiring += [(s, c) for c in containers if not release.at_target(s, c)]
         for s, c in retiring:
             if c.status == "running" and self.withhold_old:
                 engine.set_alias(c.container_id, s, present=False)
@@ -156,12 +157,12 @@ class StartFirst(UpdateStrategy):
         withdrawn = []
         for s in services:
             containers = observed.get(s, ())
-            new = release.target[s].digest
-            old = [c for c in containers if c.digest != new and c.status == "running"]
+            old = [c for c in containers
+                   if not release.at_target(s, c) and c.status == "running"]
             if not old:
                 continue
             for c in containers:
-                if c.digest == new:
+                if release.at_target(s, c):
                     self.kit.engine.stop_and_remove(c.container_id)
             for c in old:
                 self._reconnect_lost(s, c, s)
@@ -213,13 +214,15 @@ def recreate_previous(kit: Toolkit, services: Sequence[str], release: Release) -
 
 
 def start_first_scale(
-    containers: Sequence[ObservedContainer], digest: str, declared: int
+    containers: Sequence[ObservedContainer], digest: str, declared: int,
+    config_hash: str | None = None,
 ) -> int:
     """Total containers to ask compose for so that ``declared`` run the new digest while
     every existing one stays (``--no-recreate``). A container at the digest that a killed
     pass created but never started counts: this pass starts it."""
     at_target = [c for c in containers
-                 if c.digest == digest and c.status in ("running", "created")]
+                 if c.digest == digest and c.status in ("running", "created")
+                 and (config_hash is None or c.config_hash == config_hash)]
     return len(containers) + max(0, declared - len(at_target))
 
 

@@ -44,6 +44,7 @@ SHOWN_EVENTS = {
     "agent.health.healthy", "agent.health.failed", "agent.health.timeout",
     "agent.release.failed", "agent.rollback.start_first", "agent.rollback.started",
     "agent.rollback.done", "agent.pass.completed", "agent.fetch.revision_went_backwards",
+    "agent.stack.written", "agent.drift.corrected",
 }
 
 
@@ -63,7 +64,7 @@ def short(d: str | None) -> str:
 def describe(e: dict[str, Any]) -> str:
     name = e["event"].removeprefix("agent.")
     keep = []
-    for k in ("service", "services", "changes", "outcome", "revision", "reason", "container",
+    for k in ("service", "services", "changes", "config_changed", "written", "outcome", "revision", "reason", "container",
               "scale", "seconds", "digest", "changed", "duration_seconds"):
         if k in e and e[k] not in (None, [], {}):
             v = e[k]
@@ -117,7 +118,9 @@ class Demo:
         srv.mkdir()
         (srv / "haproxy.cfg").write_text(proxy.HAPROXY_CFG.format(service="hello"))
         prefix = f"{self.registry.host}/gitops-demo"
-        (srv / "compose.yml").write_text(textwrap.dedent(f"""\
+        # compose.yml lives in git too (compose.from_repo): the agent writes it into srv at
+        # each revision; haproxy.cfg stays the server's own (never touched by the agent)
+        self.initial = self.repo.commit_file("compose.yml", textwrap.dedent(f"""\
             services:
               hello:                      # managed: start-first (runs twice during a release)
                 image: {prefix}/hello:latest
@@ -127,7 +130,7 @@ class Demo:
                 image: {prefix}/api:latest
                 restart: unless-stopped
                 stop_grace_period: 3s
-            """) + proxy.proxy_service_yaml(self.port, srv / "haproxy.cfg"))
+            """) + proxy.proxy_service_yaml(self.port, srv / "haproxy.cfg"), "compose.yml")
         # a fake GitHub API on 127.0.0.1 receives the commit statuses
         self.github = FakeGitHub(repo="acme/shop").start()
         token = self.root / "status-token"
@@ -138,7 +141,10 @@ class Demo:
         self.config.write_text(rig.agent_toml(
             repo=str(self.repo.work), project_dir=srv, project_name=self.project,
             state_dir=self.root / "state", interval=2, jitter=0.5, health_timeout=15,
-            settle=1, handover=2) + textwrap.dedent(f"""\
+            settle=1, handover=2).replace(
+                f'project_name = "{self.project}"',
+                f'project_name = "{self.project}"\nfrom_repo = ["compose.yml"]', 1)
+            + textwrap.dedent(f"""\
             host = "demo-1"
 
             [report.github]
@@ -259,7 +265,30 @@ class Demo:
             f"{load.report.failed} failed")
         assert api_before == api_after
 
-        step(3, "a broken v3 (fails its health check) — the agent rolls back on its own")
+        step(3, "a config-only change — an environment variable for api, merged as a PR "
+                "would be; only api is recreated")
+        hello_before = self.container_ids("hello")
+        api_before = self.container_ids("api")
+        text = (self.repo.work / "compose.yml").read_text().replace(
+            "  api:                        # managed\n",
+            "  api:                        # managed\n    environment:\n"
+            "      LOG_LEVEL: debug\n", 1)
+        rev = self.repo.commit_file("compose.yml", text, "api: LOG_LEVEL=debug")
+        self.known(rev)
+        say(f"  committed {rev[:12]}: compose.yml api.environment LOG_LEVEL=debug")
+        done = self.wait_pass(rev)
+        assert done["outcome"] == "applied", done
+        hello_after, api_after = self.container_ids("hello"), self.container_ids("api")
+        say(f"  hello container before {hello_before} after {hello_after}: "
+            + ("untouched" if hello_before == hello_after else "RECREATED"))
+        say(f"  api container before {api_before} after {api_after}: "
+            + ("recreated" if api_before != api_after else "NOT recreated"))
+        assert hello_before == hello_after and api_before != api_after
+        env = self.client.containers.get(api_after[0]).attrs["Config"]["Env"]
+        say(f"  api runs with LOG_LEVEL={'debug' if 'LOG_LEVEL=debug' in env else '?'}")
+        assert "LOG_LEVEL=debug" in env
+
+        step(4, "a broken v3 (fails its health check) — the agent rolls back on its own")
         rev = self.release("v3", hello="hello-v3")
         with proxy.LoadClient(f"http://127.0.0.1:{self.port}/", rate=20) as load:
             done = self.wait_pass(rev)
@@ -271,7 +300,7 @@ class Demo:
             f"{load.report.bodies.get('hello from v3 (broken)', 0)} served by the broken v3")
         assert body == "hello from v2"
 
-        step(4, "pin hello to v1 by editing desired-state.yml by hand")
+        step(5, "pin hello to v1 by editing desired-state.yml by hand")
         path = self.repo.work / "desired-state.yml"
         text = path.read_text()
         v1 = self.first_digest_of("hello", "v1")
@@ -296,13 +325,13 @@ class Demo:
         refusal = [ln for ln in p.stderr.splitlines() if "pinned" in ln]
         say(f"    release-local exit {p.returncode}: {refusal[-1].strip() if refusal else ''}")
 
-        step(5, "what the agent did: `gitops-agent status` and `gitops-agent history`")
+        step(6, "what the agent did: `gitops-agent status` and `gitops-agent history`")
         say("  $ gitops-agent status")
         say(textwrap.indent(self.agent_cli("status").rstrip(), "    "))
         say("  $ gitops-agent history -n 6")
         say(textwrap.indent(self.agent_cli("history", "-n", "6").rstrip(), "    "))
 
-        step(6, "what it reported: commit statuses on GitHub, and Prometheus metrics")
+        step(7, "what it reported: commit statuses on GitHub, and Prometheus metrics")
         self.show_reports()
         say()
         say(f"{BOLD}Demo finished in {time.monotonic() - T0:.0f}s.{RESET}")

@@ -14,12 +14,14 @@ from typing import Any
 
 from agent.errors import (
     ComposeError,
+    ComposeFileError,
     DockerUnavailable,
     ImageNotFound,
     ImageRemovalRefused,
     RegistryAuthError,
     RegistryUnavailable,
     SourceUnavailable,
+    StackFilesError,
 )
 from agent.plan import ObservedContainer
 from agent.ports import Fetched, LocalImage
@@ -54,6 +56,20 @@ class FakeSource:
     commits: list[tuple[str, bytes]] = field(default_factory=list)
     down: int = 0  # the next N fetches fail (SourceUnavailable)
     fetches: int = 0
+    # compose.from_repo: the repository's other files at each revision (path -> content)
+    files: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    file_reads: int = 0
+
+    def read_files(self, revision: str, paths: Sequence[str]) -> dict[str, bytes]:
+        self.file_reads += 1
+        tree = self.files.get(revision, {})
+        out = {p: b for p, b in tree.items()
+               if any(p == q or p.startswith(q.rstrip("/") + "/") for q in paths)}
+        for q in paths:
+            if not any(p == q or p.startswith(q.rstrip("/") + "/") for p in out):
+                raise StackFilesError(f"compose.from_repo@{revision[:12]}",
+                                      [f"{q!r} is not in the repository"])
+        return out
 
     def commit(self, content: bytes) -> str:
         rev = hashlib.sha1(content + str(len(self.commits)).encode()).hexdigest()  # noqa: S324
@@ -93,6 +109,7 @@ class Container:
     exit_code: int = 0
     # network -> the names resolving to this container there (Docker's DNS aliases)
     aliases: dict[str, list[str]] = field(default_factory=dict)
+    config_hash: str | None = None
 
     @property
     def digest(self) -> str | None:
@@ -141,7 +158,7 @@ class FakeEngine:
             out.setdefault(c.service, []).append(ObservedContainer(
                 service=c.service, container_id=c.id, name=f"{project}-{c.service}-{c.id}",
                 image_ref=c.image, digest=c.digest, status=c.status, health=c.health,
-                exit_code=c.exit_code))
+                exit_code=c.exit_code, config_hash=c.config_hash))
         return out
 
     def has_image(self, image: str, digest: str) -> bool:
@@ -241,7 +258,8 @@ class FakeEngine:
 
     # ---- for FakeCompose
     def create(self, service: str, image: str,
-               networks: Mapping[str, Sequence[str]] | None = None) -> Container:
+               networks: Mapping[str, Sequence[str]] | None = None,
+               config_hash: str | None = None) -> Container:
         """As compose creates a container: on each of its networks (compose key -> declared
         aliases; the project's default network when none), resolvable by its own name, its
         service's name and the declared aliases."""
@@ -249,13 +267,15 @@ class FakeEngine:
         name = f"shop-{service}-{self._seq}"
         c = Container(id=f"c{self._seq}", service=service, image=image, status="created",
                       aliases={k: [name, service, *v]
-                               for k, v in (networks or {"default": []}).items()})
+                               for k, v in (networks or {"default": []}).items()},
+                      config_hash=config_hash)
         self.containers[c.id] = c
         return c
 
     def start(self, service: str, image: str,
-              networks: Mapping[str, Sequence[str]] | None = None) -> Container:
-        c = self.create(service, image, networks)
+              networks: Mapping[str, Sequence[str]] | None = None,
+              config_hash: str | None = None) -> Container:
+        c = self.create(service, image, networks, config_hash)
         self.start_container(c.id)
         return c
 
@@ -275,8 +295,13 @@ class FakeCompose:
     fail_up: int = 0  # the next N `up` calls fail (the release's fault)
     ups: list[tuple[list[str], dict[str, int], bool]] = field(default_factory=list)
     kill_on_up: int | None = None  # raise Killed on the Nth `up` call (1-based)
+    # compose.from_repo: the model is read from this file (JSON) on every call, as the
+    # real compose reads project_dir's files; containers carry its configuration hash
+    model_file: Any = None
 
     def services(self) -> dict[str, Any]:
+        if self.model_file is not None:
+            self.model = FilesCompose([self.model_file]).services()
         return self.model
 
     def inactive_services(self) -> dict[str, list[str]]:
@@ -295,6 +320,7 @@ class FakeCompose:
         if not services:
             return
         self.ups.append((list(services), dict(scale or {}), no_recreate))
+        self.services()
         if self.kill_on_up == len(self.ups):
             raise Killed(f"compose up #{len(self.ups)}")
         self.engine._check("compose-up")
@@ -309,7 +335,14 @@ class FakeCompose:
                                    f"pull access denied for {image}: image not local")
             want = (scale or {}).get(s, int(self.model.get(s, {}).get("scale", 1)))
             mine = self.engine.of(s)
-            if not no_recreate:
+            h = (config_hash(self.model[s], self.pins.get(s))
+                 if self.model_file is not None else None)
+            if not no_recreate and h is not None:
+                for c in mine:  # as compose: only a container of another config is recreated
+                    if c.config_hash != h or c.image != image:
+                        self.engine.containers.pop(c.id)
+                mine = self.engine.of(s)
+            elif not no_recreate:
                 for c in mine:
                     self.engine.containers.pop(c.id)
                 mine = []
@@ -317,12 +350,49 @@ class FakeCompose:
                     for k, v in (self.model.get(s, {}).get("networks") or {}).items()}
             for _ in range(max(0, want - len(mine))):
                 if start:
-                    self.engine.start(s, image, nets or None)
+                    self.engine.start(s, image, nets or None, h)
                 else:
-                    self.engine.create(s, image, nets or None)
+                    self.engine.create(s, image, nets or None, h)
 
     def remove(self, services: Sequence[str]) -> None:
         self.engine._check("compose-rm")
         for s in services:
             for c in self.engine.of(s):
                 self.engine.containers.pop(c.id)
+
+
+def config_hash(service: Mapping[str, Any], pin: str | None) -> str:
+    """The fake's configuration hash: the service's model with its pinned image."""
+    doc = {**service, "image": pin or service.get("image")}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class FilesCompose:
+    """compose on a set of files (JSON models merged in order), as the pass's staged and
+    project_dir copies read them: a missing or unparsable file is ComposeFileError."""
+
+    files: Sequence[Any]
+    config_calls: int = 0
+
+    def config(self, with_override: bool = False,
+               profiles: Sequence[str] | None = None) -> dict[str, Any]:
+        self.config_calls += 1
+        services: dict[str, Any] = {}
+        for f in self.files:
+            try:
+                doc = json.loads(f.read_bytes())
+                services.update(doc["services"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise ComposeFileError(str(f), [f"does not parse: {e!r}"]) from None
+        return {"services": services}
+
+    def services(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.config()["services"]
+        return out
+
+    def inactive_services(self) -> dict[str, list[str]]:
+        return {}
+
+    def config_hashes(self, images: Mapping[str, str]) -> dict[str, str]:
+        return {s: config_hash(svc, images.get(s)) for s, svc in self.services().items()}

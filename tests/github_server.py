@@ -369,6 +369,29 @@ class FakeGitHub:
         if endpoint == "compare":
             return _compare(rest, heads, parents)
 
+        if endpoint == "git":  # the git database: trees (recursive) and blobs
+            kind, _, ident = rest.partition("/")
+            if kind == "trees":
+                tree = files.get(heads.get(ident, ident))
+                if tree is None:
+                    return _json(404, {"message": "Not Found"})
+                entries: list[dict[str, Any]] = []
+                dirs = sorted({"/".join(p.split("/")[:i]) for p in tree
+                               for i in range(1, p.count("/") + 1)})
+                entries += [{"path": d, "mode": "040000", "type": "tree", "sha": make_sha(d)}
+                            for d in dirs]
+                entries += [{"path": p, "mode": "100644", "type": "blob", "sha": _blob_sha(c),
+                             "size": len(c)} for p, c in sorted(tree.items())]
+                return _json(200, {"sha": ident, "tree": entries, "truncated": False})
+            if kind == "blobs":
+                for tree in files.values():
+                    for c in tree.values():
+                        if _blob_sha(c) == ident:
+                            return _json(200, {"sha": ident, "size": len(c),
+                                               "encoding": "base64",
+                                               "content": base64.b64encode(c).decode()})
+            return _json(404, {"message": "Not Found"})
+
         if endpoint == "contents":
             if redirect is not None:
                 return 302, {"Location": redirect + raw_path}, b""
@@ -491,6 +514,10 @@ class FakeGitHub:
         without moving the branch: statuses can then be posted to it."""
         with self.lock:
             self.repo(repo).files.setdefault(sha, {})
+
+
+def _blob_sha(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()  # noqa: S324
 
 
 def _ancestors(sha: str, parents: Mapping[str, list[str]]) -> set[str]:

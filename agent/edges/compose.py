@@ -79,6 +79,7 @@ class Compose:
         self.profiles = list(profiles)
         self._cache: tuple[tuple[tuple[str, int, int], ...], dict[str, Any]] | None = None
         self._all_cache: tuple[tuple[tuple[str, int, int], ...], dict[str, Any]] | None = None
+        self._hash_cache: tuple[Any, dict[str, str]] | None = None
 
     def _base(self, with_override: bool = True, profiles: Sequence[str] | None = None) -> list[str]:
         args = [*self.command, "--project-name", self.project_name,
@@ -91,12 +92,13 @@ class Compose:
             args += ["--file", str(self.override)]
         return args
 
-    def _run(self, args: list[str], *, timeout: float | None = None) -> str:
+    def _run(self, args: list[str], *, timeout: float | None = None,
+             stdin: bytes | None = None) -> str:
         cmd = args
         try:
             proc = subprocess.run(
                 cmd, capture_output=True, timeout=timeout or self.timeout, check=False,
-                cwd=self.project_dir,
+                cwd=self.project_dir, input=stdin,
             )
         except subprocess.TimeoutExpired:
             raise ComposeError(cmd, -1, f"timed out after {timeout or self.timeout:.0f}s") from None
@@ -163,6 +165,28 @@ class Compose:
             for name, svc in sorted(everything.items())
             if name not in active
         }
+
+    def config_hashes(self, images: Mapping[str, str]) -> dict[str, str]:
+        """Per service, the configuration hash compose labels its containers with
+        (``com.docker.compose.config-hash``), as it would be with services pinned to
+        ``images`` (the override, handed over on stdin: nothing is written). Compose
+        recreates a container whose label differs; so does the agent. Cached like
+        :meth:`services`, per pin set."""
+        key = (self._files_key(), tuple(sorted(images.items())))
+        if key[0] and self._hash_cache is not None and self._hash_cache[0] == key:
+            return self._hash_cache[1]
+        try:
+            out = self._run([*self._base(with_override=False), "--file", "-", "config",
+                             "--hash", "*"], timeout=60, stdin=render_override(dict(images)))
+        except ComposeError as e:
+            lines = [ln for ln in e.stderr.strip().splitlines() if ln.strip()]
+            raise ComposeFileError(
+                ", ".join(str(f) for f in self.files),
+                [lines[-1] if lines else f"docker compose config exited {e.returncode}"],
+            ) from None
+        hashes = dict(ln.split(None, 1) for ln in out.splitlines() if len(ln.split()) == 2)
+        self._hash_cache = (key, hashes)
+        return hashes
 
     def _files_key(self) -> tuple[tuple[str, int, int], ...]:
         """What the cached model depends on: the compose files and the project's ``.env``.

@@ -34,6 +34,7 @@ log = structlog.get_logger()
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
+CONFIG_HASH_LABEL = "com.docker.compose.config-hash"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
 NETWORK_LABEL = "com.docker.compose.network"
 
@@ -149,6 +150,7 @@ def _from_summary(service: str, summary: dict[str, Any]) -> ObservedContainer:
         status=summary.get("State") or "unknown",
         health=health,
         exit_code=int(exited.group(1)) if exited else 0,
+        config_hash=(summary.get("Labels") or {}).get(CONFIG_HASH_LABEL),
     )
 
 
@@ -270,6 +272,7 @@ class DockerEngine:
             restart_count=int(attrs.get("RestartCount") or 0),
             exit_code=int(state.get("ExitCode") or 0),
             health_output=output[-300:],
+            config_hash=labels.get(CONFIG_HASH_LABEL),
         )
 
     def stop_and_remove(self, container_id: str) -> None:

@@ -6,6 +6,7 @@ import base64
 import os
 import shlex
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -13,7 +14,13 @@ import structlog
 
 from agent.desired import MAX_BYTES
 from agent.edges.source import Fetched
-from agent.errors import ConfigError, DesiredStateError, GitError, SourceUnavailable
+from agent.errors import (
+    ConfigError,
+    DesiredStateError,
+    GitError,
+    SourceUnavailable,
+    StackFilesError,
+)
 from agent.log import redact_text
 from agent.secrets import trusted_copy
 
@@ -174,6 +181,53 @@ class GitSource:
             raise DesiredStateError(where, [too_big])
         return run_git(["cat-file", "blob", oid], cwd=self.mirror, env=NO_LAZY_FETCH).stdout
 
+    def read_files(self, revision: str, paths: Sequence[str]) -> dict[str, bytes]:
+        """The files at ``paths`` (a directory: every file under it) at exactly ``revision``,
+        by path in the repository. Plain files only; each within the per-file limit (the
+        mirror's blob filter: a larger blob was never fetched), all within the total limit.
+        StackFilesError names the first problem's path."""
+        where = f"compose.from_repo@{revision[:12]}"
+        proc = run_git(["ls-tree", "-r", "-z", "--full-tree", "--end-of-options", revision,
+                        "--", *paths], cwd=self.mirror, env=NO_LAZY_FETCH, check=False)
+        if proc.returncode != 0:
+            raise StackFilesError(where, [f"cannot list {list(paths)} at {revision[:12]}: "
+                                          + proc.stderr.decode(errors="replace").strip()])
+        entries: list[tuple[str, str, str]] = []
+        for raw in proc.stdout.split(b"\0"):
+            if not raw:
+                continue
+            meta, _, name = raw.decode(errors="replace").partition("\t")
+            mode, kind, oid = (meta.split() + ["", "", ""])[:3]
+            if kind != "blob" or mode not in ("100644", "100755"):
+                what = "symlink" if mode == "120000" else kind or mode
+                raise StackFilesError(where, [f"{name!r} is a {what}, not a file"])
+            entries.append((name, mode, oid))
+        names = {n for n, _, _ in entries}
+        for p in paths:
+            base = p.rstrip("/")
+            if base not in names and not any(n.startswith(base + "/") for n in names):
+                raise StackFilesError(where, [f"{p!r} is not in the repository at "
+                                              f"{revision[:12]}"])
+        if len(entries) > MAX_STACK_FILES:
+            raise StackFilesError(where, [f"{len(entries)} files; the limit is "
+                                          f"{MAX_STACK_FILES}"])
+        out: dict[str, bytes] = {}
+        total = 0
+        for name, _, oid in entries:
+            size = run_git(["cat-file", "-s", oid], cwd=self.mirror, env=NO_LAZY_FETCH,
+                           check=False)
+            if size.returncode != 0 or int(size.stdout.decode().strip()) > MAX_BYTES:
+                # the partial fetch left it out: it is over the filter's limit
+                raise StackFilesError(where, [f"{name!r} is larger than the limit of "
+                                              f"{MAX_BYTES} bytes per file; refused unread"])
+            total += int(size.stdout.decode().strip())
+            if total > MAX_STACK_BYTES:
+                raise StackFilesError(where, [f"the files under {list(paths)} exceed "
+                                              f"{MAX_STACK_BYTES} bytes in total"])
+            out[name] = run_git(["cat-file", "blob", oid], cwd=self.mirror,
+                                env=NO_LAZY_FETCH).stdout
+        return out
+
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         """Whether ``ancestor`` is ``descendant`` or one of its ancestors (in the mirror)."""
         proc = run_git(["merge-base", "--is-ancestor", "--end-of-options", ancestor, descendant],
@@ -224,6 +278,9 @@ REMOTE = "origin"
 BLOB_FILTER = f"blob:limit={MAX_BYTES + 1}"
 # newer git (2.44+) honours this; older git fails the lazy fetch because "origin" has no URL
 NO_LAZY_FETCH = {"GIT_NO_LAZY_FETCH": "1"}
+# compose.from_repo: at most this many files, this many bytes in all
+MAX_STACK_FILES = 1000
+MAX_STACK_BYTES = 8 * 1024 * 1024
 
 
 def _is_local(repo: str) -> bool:

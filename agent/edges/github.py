@@ -37,7 +37,7 @@ import json
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -49,12 +49,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from agent.config import AgentConfig
 from agent.desired import MAX_BYTES
+from agent.edges.git import MAX_STACK_BYTES, MAX_STACK_FILES
 from agent.edges.source import Fetched
 from agent.errors import (
     AgentEnvironmentError,
     ConfigError,
     DesiredStateError,
     SourceUnavailable,
+    StackFilesError,
     TransientError,
 )
 from agent.log import redact_text
@@ -428,6 +430,66 @@ class GitHubSource:
             raise SourceUnavailable(f"GitHub API {self._host} answered {where} of {self.repo} "
                                     f"with content that does not match its size ({size})")
         return content
+
+    def read_files(self, revision: str, paths: Sequence[str]) -> dict[str, bytes]:
+        """The files at ``paths`` (a directory: every file under it) at ``revision``: one
+        recursive tree request, then one blob request per file, each refused from the size
+        the tree reports before it is read. StackFilesError names the problem's path."""
+        where = f"compose.from_repo@{revision[:12]}"
+        resp, got = self._get(self._repo_url(f"git/trees/{revision}"),
+                              {"Accept": "application/vnd.github+json"},
+                              what=f"tree at {revision[:12]}", params={"recursive": "1"})
+        if got.kind != "ok":
+            raise self._error(got, what="git trees")
+        try:
+            doc = resp.json()
+            tree = [(str(e["path"]), str(e["mode"]), str(e["type"]), str(e["sha"]),
+                     e.get("size")) for e in doc["tree"]]
+        except (ValueError, KeyError, TypeError):
+            raise SourceUnavailable(f"GitHub API {self._host} answered the tree of "
+                                    f"{revision[:12]} with something other than a tree") from None
+        if doc.get("truncated"):
+            raise StackFilesError(where, ["the repository's tree is too large for one "
+                                          "request (GitHub truncated it)"])
+        chosen = [e for e in tree if any(e[0] == p.rstrip("/") or e[0].startswith(
+            p.rstrip("/") + "/") for p in paths) and e[2] != "tree"]
+        for p in paths:
+            if not any(e[0] == p.rstrip("/") or e[0].startswith(p.rstrip("/") + "/")
+                       for e in tree):
+                raise StackFilesError(where, [f"{p!r} is not in the repository at "
+                                              f"{revision[:12]}"])
+        if len(chosen) > MAX_STACK_FILES:
+            raise StackFilesError(where, [f"{len(chosen)} files; the limit is "
+                                          f"{MAX_STACK_FILES}"])
+        out: dict[str, bytes] = {}
+        total = 0
+        for path, mode, kind, sha, size in chosen:
+            if kind != "blob" or mode not in ("100644", "100755"):
+                what = "symlink" if mode == "120000" else kind
+                raise StackFilesError(where, [f"{path!r} is a {what}, not a file"])
+            if not isinstance(size, int) or size > MAX_BYTES:
+                raise StackFilesError(where, [f"{path!r} is larger than the limit of "
+                                              f"{MAX_BYTES} bytes per file; refused unread"])
+            total += size
+            if total > MAX_STACK_BYTES:
+                raise StackFilesError(where, [f"the files under {list(paths)} exceed "
+                                              f"{MAX_STACK_BYTES} bytes in total"])
+            resp, got = self._get(self._repo_url(f"git/blobs/{sha}"),
+                                  {"Accept": "application/vnd.github+json"},
+                                  what=f"{path} at {revision[:12]}")
+            if got.kind != "ok":
+                raise self._error(got, what="git blobs")
+            try:
+                blob = resp.json()
+                data = base64.b64decode(str(blob.get("content") or ""))
+            except (ValueError, AttributeError, binascii.Error):
+                data = b""
+            if len(data) != size:
+                raise SourceUnavailable(f"GitHub API {self._host} answered {path} at "
+                                        f"{revision[:12]} with content that does not match "
+                                        f"its size ({size})")
+            out[path] = data
+        return out
 
     def _no_file(self, sha: str) -> DesiredStateError:
         return DesiredStateError(

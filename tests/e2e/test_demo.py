@@ -28,6 +28,11 @@ def test_demo_walks_the_whole_lifecycle_and_cleans_up_after_itself(docker_client
     assert "200 hello from v2" in out
     assert re.search(r"api container before \[.*\] after \[.*\]: untouched", out)
     assert re.search(r"during the rollout: \d+ requests through the proxy, 0 failed", out), during
+    # a config-only change (compose.yml from git): only api recreated, with the variable
+    assert "config_changed=['api']" in out
+    assert re.search(r"hello container before \['\w+'\] after \['\w+'\]: untouched", out)
+    assert re.search(r"api container before \['\w+'\] after \['\w+'\]: recreated", out)
+    assert "api runs with LOG_LEVEL=debug" in out
     # 3. broken v3 rolled back by the agent on its own, v2 keeps serving
     assert "outcome=rolled-back" in out
     assert re.search(r"during the failed release: \d+ requests, 0 failed, \d+ served by the broken v3",

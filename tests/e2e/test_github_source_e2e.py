@@ -139,3 +139,33 @@ def test_github_rate_limit_is_waited_out_once_without_retry_noise(harness):
         assert not r.find("agent.fetch.retry_scheduled")
         r = harness.sync()  # still waiting: nothing is sent
         assert r.code == 3 and gh.request_count == 1
+
+
+def test_github_source_with_from_repo_ships_a_config_change_and_idles_on_one_request(harness):
+    compose = (harness.project.project_dir / "compose.yml").read_text()
+    (harness.project.project_dir / "compose.yml").unlink()
+    changed = compose.replace("    volumes:\n      - webdata:/data\n",
+                              "    environment:\n      VERSION_TEXT: web from github\n"
+                              "    volumes:\n      - webdata:/data\n", 1)
+    assert changed != compose
+    with FakeGitHub() as gh:
+        gh.commit({"desired-state.yml": _desired(harness, "web-v1"), "compose.yml": compose})
+        _use_github(harness, gh)
+        cfg = harness.project.config_path
+        line = f'project_name = "{harness.project.name}"'
+        cfg.write_text(cfg.read_text().replace(line, f'{line}\nfrom_repo = ["compose.yml"]'))
+        r = harness.sync()
+        assert r.code == 0, r.logs
+        assert (harness.project.project_dir / "compose.yml").read_text() == compose
+        before = harness.container_ids()
+        gh.clear_log()
+        r = harness.sync()
+        assert r.code == 0 and r.summary()["outcome"] == "no-op", r.logs
+        assert gh.request_count == 1  # the conditional poll; no tree, no blob
+        sha = gh.commit({"desired-state.yml": _desired(harness, "web-v1"),
+                         "compose.yml": changed})
+        r = harness.sync()
+        assert r.code == 0 and r.summary()["revision"] == sha, r.logs
+        assert harness.serve("web") == "web from github"
+        after = harness.container_ids()
+        assert after["web"] != before["web"] and after["api"] == before["api"]

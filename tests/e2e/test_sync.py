@@ -173,3 +173,21 @@ def test_invalid_agent_config_exits_2_with_every_error_and_its_path(harness, tmp
     for needle in ("At 'source.repo'", "At 'source.bogus': unknown key",
                    "At 'agent.interval_seconds'", "At 'compose': required key is missing"):
         assert needle in p.stderr, p.stderr
+
+
+def test_without_from_repo_status_and_diff_show_a_hand_edited_compose_file(harness, capsys):
+    harness.release(web="web-v1", api="api-v1")
+    assert harness.sync().code == 0
+    compose = harness.project.project_dir / "compose.yml"
+    compose.write_text(compose.read_text().replace(
+        "  api:\n", "  api:\n    environment:\n      EDITED: \"1\"\n", 1))
+    capsys.readouterr()
+    assert harness.cli("diff").code == 0
+    out = capsys.readouterr().out
+    assert "! api: running configuration differs from the compose files" in out
+    assert "web:" not in out
+    assert harness.cli("status", "--json").code == 0
+    import json
+    view = json.loads(capsys.readouterr().out)
+    assert {s["service"]: s["config_matches"] for s in view["services"]} == {
+        "web": True, "api": False}

@@ -671,3 +671,32 @@ def test_a_valid_signature_of_another_commit_is_refused(gh, tmp_path, token_file
 def test_unreadable_allowed_signers_file_is_a_config_error(gh, tmp_path, token_file):
     with pytest.raises(ConfigError, match="trust.allowed_signers_file: cannot read"):
         make_source(tmp_path, gh, token_file, signers=tmp_path / "missing")
+
+
+# ---------------------------------------------------------------------------- from_repo
+def test_read_files_reads_a_tree_of_paths_at_the_revision(gh, tmp_path, token_file):
+    from agent.errors import StackFilesError
+
+    sha = gh.commit({PATH: V1, "compose.yml": b"services: {}\n", "conf/a.conf": b"a\n",
+                     "conf/sub/b.conf": b"b\n", "other.txt": b"not asked for"})
+    src = make_source(tmp_path, gh, token_file)
+    src.fetch()
+    gh.clear_log()
+    got = src.read_files(sha, ["compose.yml", "conf/"])
+    assert got == {"compose.yml": b"services: {}\n", "conf/a.conf": b"a\n",
+                   "conf/sub/b.conf": b"b\n"}
+    paths = [r.path for r in gh.logged()]
+    assert paths[0] == f"/repos/acme/shop/git/trees/{sha}" and len(paths) == 4  # tree + 3
+    with pytest.raises(StackFilesError, match="'missing/' is not in the repository"):
+        src.read_files(sha, ["compose.yml", "missing/"])
+
+
+def test_read_files_refuses_a_file_over_the_limit_unread(gh, tmp_path, token_file):
+    from agent.errors import StackFilesError
+
+    sha = gh.commit({PATH: V1, "conf/big.bin": b"x" * (256 * 1024 + 1)})
+    src = make_source(tmp_path, gh, token_file)
+    gh.clear_log()
+    with pytest.raises(StackFilesError, match="'conf/big.bin' is larger than the limit"):
+        src.read_files(sha, ["conf/"])
+    assert [r.path for r in gh.logged()] == [f"/repos/acme/shop/git/trees/{sha}"]
