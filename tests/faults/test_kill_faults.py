@@ -105,7 +105,10 @@ def test_killed_from_outside_while_pulling_converges_on_restart(
             time.sleep(0.1)
         time.sleep(1.0)  # mid-download
         assert agent.kill() == -signal.SIGKILL
-        assert "agent.pull.done" not in [e["event"] for e in agent.lines], blob_requests
+        # killed mid-download of the big image (api's small pull may have finished: its
+        # image is not local either once retention has pruned it)
+        assert not [e for e in agent.lines if e["event"] == "agent.pull.done"
+                    and e.get("service") == "web"], blob_requests
         assert h.container_ids() == before  # nothing touched before the kill
         r = h.sync()
     assert r.code == 0, r.summary()
