@@ -32,14 +32,14 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
-from agent.desired import _image_allowed, normalize_repository
+from agent.desired import MAX_BYTES, _image_allowed, normalize_repository
 from agent.errors import StackFilesError, UntrustedRevision
 from agent.failpoints import failpoint
 from agent.state import write_atomic
@@ -344,3 +344,51 @@ class StagedStack:
     plan: StackPlan
     compose: StackCompose
     hashes: dict[str, str] = field(default_factory=dict)  # the model's, with target pins
+
+
+# compose.from_repo: at most this many files, this many bytes in all
+MAX_STACK_FILES = 1000
+MAX_STACK_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of a revision's tree, as a source lists it."""
+
+    path: str
+    mode: str  # git's file mode: 100644, 100755, 120000 (symlink), 160000 (submodule)
+    kind: str  # blob, tree, commit
+    oid: str  # the object to read it by
+
+
+def select_files(where: str, revision: str, paths: Sequence[str], tree: Sequence[TreeEntry],
+                 size_of: Callable[[TreeEntry], int | None]) -> list[TreeEntry]:
+    """The entries under ``paths`` (a directory: every file under it), refused before any
+    is read: a path missing, too many files, anything but a plain file, a file over the
+    per-file limit (``size_of`` None: its size is unknown, so it is over), or over the total.
+    Every source of files applies the same rules through this. StackFilesError."""
+
+    def under(p: str, name: str) -> bool:
+        base = p.rstrip("/")
+        return name == base or name.startswith(base + "/")
+
+    for p in paths:
+        if not any(under(p, e.path) for e in tree):
+            raise StackFilesError(where, [f"{p!r} is not in the repository at {revision[:12]}"])
+    chosen = [e for e in tree if e.kind != "tree" and any(under(p, e.path) for p in paths)]
+    if len(chosen) > MAX_STACK_FILES:
+        raise StackFilesError(where, [f"{len(chosen)} files; the limit is {MAX_STACK_FILES}"])
+    total = 0
+    for e in chosen:
+        if e.kind != "blob" or e.mode not in ("100644", "100755"):
+            what = "symlink" if e.mode == "120000" else e.kind or e.mode
+            raise StackFilesError(where, [f"{e.path!r} is a {what}, not a file"])
+        size = size_of(e)
+        if size is None or size > MAX_BYTES:
+            raise StackFilesError(where, [f"{e.path!r} is larger than the limit of "
+                                          f"{MAX_BYTES} bytes per file; refused unread"])
+        total += size
+        if total > MAX_STACK_BYTES:
+            raise StackFilesError(where, [f"the files under {list(paths)} exceed "
+                                          f"{MAX_STACK_BYTES} bytes in total"])
+    return chosen

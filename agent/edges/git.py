@@ -23,6 +23,7 @@ from agent.errors import (
 )
 from agent.log import redact_text
 from agent.secrets import trusted_copy
+from agent.stack import TreeEntry, select_files
 
 log = structlog.get_logger()
 
@@ -192,41 +193,23 @@ class GitSource:
         if proc.returncode != 0:
             raise StackFilesError(where, [f"cannot list {list(paths)} at {revision[:12]}: "
                                           + proc.stderr.decode(errors="replace").strip()])
-        entries: list[tuple[str, str, str]] = []
+        tree = []
         for raw in proc.stdout.split(b"\0"):
             if not raw:
                 continue
             meta, _, name = raw.decode(errors="replace").partition("\t")
             mode, kind, oid = (meta.split() + ["", "", ""])[:3]
-            if kind != "blob" or mode not in ("100644", "100755"):
-                what = "symlink" if mode == "120000" else kind or mode
-                raise StackFilesError(where, [f"{name!r} is a {what}, not a file"])
-            entries.append((name, mode, oid))
-        names = {n for n, _, _ in entries}
-        for p in paths:
-            base = p.rstrip("/")
-            if base not in names and not any(n.startswith(base + "/") for n in names):
-                raise StackFilesError(where, [f"{p!r} is not in the repository at "
-                                              f"{revision[:12]}"])
-        if len(entries) > MAX_STACK_FILES:
-            raise StackFilesError(where, [f"{len(entries)} files; the limit is "
-                                          f"{MAX_STACK_FILES}"])
-        out: dict[str, bytes] = {}
-        total = 0
-        for name, _, oid in entries:
-            size = run_git(["cat-file", "-s", oid], cwd=self.mirror, env=NO_LAZY_FETCH,
+            tree.append(TreeEntry(name, mode, kind, oid))
+
+        def size_of(e: TreeEntry) -> int | None:
+            # fails when the partial fetch left the blob out: it is over the filter's limit
+            size = run_git(["cat-file", "-s", e.oid], cwd=self.mirror, env=NO_LAZY_FETCH,
                            check=False)
-            if size.returncode != 0 or int(size.stdout.decode().strip()) > MAX_BYTES:
-                # the partial fetch left it out: it is over the filter's limit
-                raise StackFilesError(where, [f"{name!r} is larger than the limit of "
-                                              f"{MAX_BYTES} bytes per file; refused unread"])
-            total += int(size.stdout.decode().strip())
-            if total > MAX_STACK_BYTES:
-                raise StackFilesError(where, [f"the files under {list(paths)} exceed "
-                                              f"{MAX_STACK_BYTES} bytes in total"])
-            out[name] = run_git(["cat-file", "blob", oid], cwd=self.mirror,
+            return int(size.stdout.decode().strip()) if size.returncode == 0 else None
+
+        return {e.path: run_git(["cat-file", "blob", e.oid], cwd=self.mirror,
                                 env=NO_LAZY_FETCH).stdout
-        return out
+                for e in select_files(where, revision, paths, tree, size_of)}
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         """Whether ``ancestor`` is ``descendant`` or one of its ancestors (in the mirror)."""
@@ -278,9 +261,6 @@ REMOTE = "origin"
 BLOB_FILTER = f"blob:limit={MAX_BYTES + 1}"
 # newer git (2.44+) honours this; older git fails the lazy fetch because "origin" has no URL
 NO_LAZY_FETCH = {"GIT_NO_LAZY_FETCH": "1"}
-# compose.from_repo: at most this many files, this many bytes in all
-MAX_STACK_FILES = 1000
-MAX_STACK_BYTES = 8 * 1024 * 1024
 
 
 def _is_local(repo: str) -> bool:

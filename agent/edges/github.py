@@ -49,7 +49,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from agent.config import AgentConfig
 from agent.desired import MAX_BYTES
-from agent.edges.git import MAX_STACK_BYTES, MAX_STACK_FILES
 from agent.edges.source import Fetched
 from agent.errors import (
     AgentEnvironmentError,
@@ -61,6 +60,7 @@ from agent.errors import (
 )
 from agent.log import redact_text
 from agent.secrets import token_from_file, trusted_copy
+from agent.stack import TreeEntry, select_files
 from agent.state import write_atomic
 
 log = structlog.get_logger()
@@ -443,37 +443,21 @@ class GitHubSource:
             raise self._error(got, what="git trees")
         try:
             doc = resp.json()
-            tree = [(str(e["path"]), str(e["mode"]), str(e["type"]), str(e["sha"]),
-                     e.get("size")) for e in doc["tree"]]
+            tree = [TreeEntry(str(e["path"]), str(e["mode"]), str(e["type"]), str(e["sha"]))
+                    for e in doc["tree"]]
+            sizes = {str(e["path"]): e.get("size") for e in doc["tree"]}
         except (ValueError, KeyError, TypeError):
             raise SourceUnavailable(f"GitHub API {self._host} answered the tree of "
                                     f"{revision[:12]} with something other than a tree") from None
         if doc.get("truncated"):
             raise StackFilesError(where, ["the repository's tree is too large for one "
                                           "request (GitHub truncated it)"])
-        chosen = [e for e in tree if any(e[0] == p.rstrip("/") or e[0].startswith(
-            p.rstrip("/") + "/") for p in paths) and e[2] != "tree"]
-        for p in paths:
-            if not any(e[0] == p.rstrip("/") or e[0].startswith(p.rstrip("/") + "/")
-                       for e in tree):
-                raise StackFilesError(where, [f"{p!r} is not in the repository at "
-                                              f"{revision[:12]}"])
-        if len(chosen) > MAX_STACK_FILES:
-            raise StackFilesError(where, [f"{len(chosen)} files; the limit is "
-                                          f"{MAX_STACK_FILES}"])
+        chosen = select_files(
+            where, revision, paths, tree,
+            lambda e: sizes[e.path] if isinstance(sizes[e.path], int) else None)
         out: dict[str, bytes] = {}
-        total = 0
-        for path, mode, kind, sha, size in chosen:
-            if kind != "blob" or mode not in ("100644", "100755"):
-                what = "symlink" if mode == "120000" else kind
-                raise StackFilesError(where, [f"{path!r} is a {what}, not a file"])
-            if not isinstance(size, int) or size > MAX_BYTES:
-                raise StackFilesError(where, [f"{path!r} is larger than the limit of "
-                                              f"{MAX_BYTES} bytes per file; refused unread"])
-            total += size
-            if total > MAX_STACK_BYTES:
-                raise StackFilesError(where, [f"the files under {list(paths)} exceed "
-                                              f"{MAX_STACK_BYTES} bytes in total"])
+        for entry in chosen:
+            path, sha, size = entry.path, entry.oid, sizes[entry.path]
             resp, got = self._get(self._repo_url(f"git/blobs/{sha}"),
                                   {"Accept": "application/vnd.github+json"},
                                   what=f"{path} at {revision[:12]}")
