@@ -90,8 +90,10 @@ class ComposeProject(Protocol):
 
     def services(self) -> dict[str, Any]: ...
 
-    def pin(self, images: Mapping[str, str]) -> None:
-        """Pin services to ``image@digest`` for every later compose call (the override)."""
+    def pin(self, images: Mapping[str, str],
+            labels: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        """Pin services to ``image@digest`` (and add the agent's labels) for every later
+        compose call (the override)."""
 
     def inactive_services(self) -> dict[str, list[str]]:
         """Services that exist only under profiles that are not active -> their profiles."""

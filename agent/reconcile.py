@@ -45,6 +45,7 @@ from agent.errors import (
     AgentError,
     ApplyFailed,
     ComposeError,
+    ComposeFileError,
     ConfigError,
     DockerUnavailable,
     ImageNotFound,
@@ -82,11 +83,19 @@ from agent.ports import (
 from agent.retry import retry_transient
 from agent.stack import (
     FileSource,
-    StackCompose,
     StackJournal,
-    StagedStack,
     check_compose_images,
     orphans,
+    sha256,
+)
+from agent.staging import (
+    StackCompose,
+    StackHashes,
+    StagedStack,
+    build_mirror,
+    env_files,
+    file_labels,
+    file_refs,
 )
 from agent.state import (
     AgentState,
@@ -186,13 +195,16 @@ def _default_engine(cfg: AgentConfig) -> Engine:
     return DockerEngine(pull_stall_timeout=cfg.agent.pull_stall_timeout_seconds)
 
 
-def _files_compose(cfg: AgentConfig, files: Sequence[Path]) -> StackCompose:
-    """compose on other files (a staged revision) with project_dir's semantics: relative
-    paths and ``.env`` resolve in project_dir; no override (hashes get the pins on stdin)."""
+def _files_compose(cfg: AgentConfig, files: Sequence[Path],
+                   mirror: Path | None = None) -> StackCompose:
+    """compose on a set of files: project_dir's, or (``mirror``) a staged revision in a
+    mirror of project_dir, run there as its project directory, the model naming
+    project_dir's paths. No override (hashes get the pins on stdin)."""
     from agent.edges.compose import Compose, find_compose_command
 
-    return Compose(find_compose_command(cfg.compose.command), cfg.compose.project_dir,
-                   [str(f) for f in files], cfg.compose.name, profiles=cfg.compose.profiles)
+    return Compose(find_compose_command(cfg.compose.command), mirror or cfg.compose.project_dir,
+                   [str(f) for f in files], cfg.compose.name, profiles=cfg.compose.profiles,
+                   real_dir=cfg.compose.project_dir if mirror is not None else None)
 
 
 def _default_compose(cfg: AgentConfig) -> ComposeProject:
@@ -223,7 +235,7 @@ class Reconciler:
         observers: Sequence[PassObserver] = (),
         gates: Sequence[Gate] = (),
         sleep: Callable[[float], None] = time.sleep,
-        compose_for: Callable[[Sequence[Path]], StackCompose] | None = None,
+        compose_for: Callable[..., StackCompose] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = StateStore(cfg.agent.state_dir)
@@ -237,7 +249,8 @@ class Reconciler:
                            cfg.agent.handover_seconds, self._pull, sleep)
         self.stack = (StackJournal(cfg.agent.state_dir, cfg.compose.project_dir)
                       if cfg.compose.from_repo else None)
-        self.compose_for = compose_for or (lambda files: _files_compose(cfg, files))
+        self.compose_for = compose_for or (
+            lambda files, mirror=None: _files_compose(cfg, files, mirror))
         self._project_compose: StackCompose | None = None
         self.swarm = swarm_update(cfg, self.kit)  # [engine] kind = "swarm": Swarm's updates
 
@@ -283,7 +296,7 @@ class Reconciler:
             if stopped is not None:
                 return stopped
             if plan.is_noop:
-                self._write_stack(loaded, observed, idle=True)
+                self._write_stack(loaded, observed, idle=plan.target)
                 result = self._idle(state, run, plan)
                 if result.outcome == "no-op":
                     self._finish_stack(loaded, observed)
@@ -372,9 +385,7 @@ class Reconciler:
         compose: ComposeProject | StackCompose = self.compose if stack is None else stack.compose
         compose_services = compose.services()
         if stack is not None and (stack.plan.touches or stack.plan.adopted):
-            check_compose_images(
-                stack.compose.config(profiles=["*"]).get("services") or {},
-                self.cfg.trust.allowed_images, f"compose.from_repo@{fetched.revision[:12]}")
+            self._check_stack(stack, f"compose.from_repo@{fetched.revision[:12]}")
         inactive = (compose.inactive_services()
                     if set(desired.services) - set(compose_services) else {})
         check_against_compose(desired, compose_services, source, inactive=inactive,
@@ -419,6 +430,8 @@ class Reconciler:
             changes=[f"{c.service}: {_short(c.old)} -> {_short(c.new)}" for c in plan.changes],
             unverified=plan.unverified,
             config_changed=plan.config_changed,
+            because={s: loaded.stack.reasons[s] for s in plan.config_changed
+                     if s in loaded.stack.reasons} if loaded.stack else {},
             unchanged=sorted(set(target) - set(plan.changed_services) - set(plan.unverified)),
         )
         return plan
@@ -658,7 +671,10 @@ class Reconciler:
                 for order, group in release.by_order(services)]
 
     def _pin(self, images: Mapping[str, ImageDigest]) -> None:
-        self.compose.pin(pins(images))
+        if self.stack is None:
+            self.compose.pin(pins(images))
+        else:  # the labels of the git files each service reads, as project_dir holds them
+            self.compose.pin(pins(images), self._project_labels())
 
     # ------------------------------------------------------------------ stack files
     def _stack_files(self, state: AgentState, fetched: Fetched,
@@ -683,20 +699,54 @@ class Reconciler:
             want = self.source.read_files(fetched.revision, self.cfg.compose.from_repo or [])
             rev = fetched.revision
         plan = self.stack.plan(rev, want)
-        if plan.touches:
-            compose = self.compose_for(self.stack.stage(plan, self.cfg.compose.files))
-        else:
-            compose = self._files_compose()
-        return StagedStack(plan, compose)
+        if not plan.touches:
+            return StagedStack(plan, self._files_compose())
+        # the revision as it will run: a mirror of project_dir with the revision's files
+        mirror = self.stack.dir / "staging"
+        build_mirror(mirror, self.cfg.compose.project_dir, plan.files, absent=plan.deletes)
+        compose = self.compose_for([mirror / f for f in self.cfg.compose.files], mirror=mirror)
+        return StagedStack(plan, compose, mirror=mirror)
+
+    def _check_stack(self, stack: StagedStack, where: str) -> None:
+        """The revision's fully resolved model (every profile, every included and extended
+        file): every image inside the allowlist."""
+        model = stack.compose.config(profiles=["*"])
+        check_compose_images(model.get("services") or {}, self.cfg.trust.allowed_images, where)
 
     def _config_hashes(self, loaded: Loaded,
                        target: Mapping[str, ImageDigest]) -> dict[str, str] | None:
-        """The model's configuration hash per service, pinned to the target digests (as
-        the containers will be created): compose.from_repo only."""
-        if loaded.stack is None:
+        """Per service, the configuration hash it must run with, pinned to the target
+        digests and labelled with the git files it reads (compose.from_repo only); a service
+        the revision's files change gets a pending hash (StackHashes), the exact one is
+        taken once the files are written."""
+        stack = loaded.stack
+        if stack is None or self.stack is None:
             return None
-        loaded.stack.hashes = loaded.stack.compose.config_hashes(pins(target))
-        return loaded.stack.hashes
+        new = {p: sha256(b) for p, b in stack.plan.files.items()}
+        staged = stack.compose if stack.mirror is not None else None
+        env_new = (env_files(stack.plan.files[f] if f in stack.plan.files
+                             else _read_or_empty(self.cfg.compose.project_dir / f)
+                             for f in self.cfg.compose.files) if staged is not None else None)
+        got = StackHashes.of(self._files_compose(), staged, self.cfg.compose.project_dir,
+                             self.stack.current().files, new, pins(target),
+                             env_now=self._project_env(), env_new=env_new)
+        stack.hashes, stack.reasons = got.hashes, got.reasons
+        return stack.hashes
+
+    def _project_env(self) -> dict[str, list[str]]:
+        return env_files(_read_or_empty(self.cfg.compose.project_dir / f)
+                         for f in self.cfg.compose.files)
+
+    def _project_labels(self) -> dict[str, dict[str, str]]:
+        """Per service, the label of the git files it reads, as project_dir holds them."""
+        assert self.stack is not None
+        current = self.stack.current().files
+        try:
+            model = self._files_compose().model()
+        except ComposeFileError:
+            return {}
+        return file_labels(file_refs(model, self.cfg.compose.project_dir, current,
+                                     self._project_env()), current)
 
     def _stack_changed(self, loaded: Loaded,
                        observed: Mapping[str, Sequence[ObservedContainer]], service: str) -> bool:
@@ -706,7 +756,7 @@ class Reconciler:
         return running_config_hash(observed.get(service, ())) != loaded.stack.hashes[service]
 
     def _write_stack(self, loaded: Loaded, observed: Mapping[str, Sequence[ObservedContainer]],
-                     *, idle: bool = False) -> None:
+                     *, idle: Mapping[str, ImageDigest] | None = None) -> None:
         """Write the validated files into project_dir (after the release's intent). With
         no release (idle), unmanaged services the files add or change are brought up here
         (a release brings them up in its apply)."""
@@ -727,7 +777,8 @@ class Reconciler:
         unmanaged = [s for s in loaded.compose_services
                      if s not in loaded.desired.services
                      and (s not in observed or self._stack_changed(loaded, observed, s))]
-        if idle and unmanaged and plan.touches:
+        if idle is not None and unmanaged and plan.touches:
+            self._pin(idle)  # the labels of the files just written
             self._start_unmanaged(unmanaged)
 
     def _finish_stack(self, loaded: Loaded,
@@ -909,7 +960,8 @@ class Reconciler:
             live = [c for c in cs if c.digest == d and d is not None]
             if live and "@" in live[0].image_ref:
                 pinned[s] = f"{live[0].image_ref.split('@', 1)[0]}@{d}"
-        hashes = self._files_compose().config_hashes(pinned)
+        hashes = self._files_compose().config_hashes(
+            pinned, self._project_labels() if self.stack is not None else None)
         out: dict[str, bool | None] = {}
         for s, cs in observed.items():
             have = running_config_hash(cs)
@@ -918,7 +970,10 @@ class Reconciler:
 
     def config_keys_changed(self, loaded: Loaded, services: Sequence[str]) -> dict[str, list[str]]:
         """Per service, the top-level compose keys (``environment``, ``ports``, ``labels``…)
-        whose value differs between project_dir's compose files and the revision's."""
+        whose value differs between project_dir's compose files and the revision's, and
+        the git files it reads whose content changes (first)."""
+        if loaded.stack is not None and loaded.stack.reasons:
+            return {s: loaded.stack.reasons.get(s) or ["?"] for s in services}
         now = self._files_compose().services()
         out = {}
         for s in services:
@@ -932,6 +987,13 @@ class Reconciler:
             self._project_compose = self.compose_for(
                 [self.cfg.compose.project_dir / f for f in self.cfg.compose.files])
         return self._project_compose
+
+
+def _read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 def _reports(target: Mapping[str, ImageDigest],

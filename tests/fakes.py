@@ -307,8 +307,12 @@ class FakeCompose:
     def inactive_services(self) -> dict[str, list[str]]:
         return self.inactive
 
-    def pin(self, images: Mapping[str, str]) -> None:
+    labels: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def pin(self, images: Mapping[str, str],
+            labels: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self.pins = dict(images)
+        self.labels = {s: dict(v) for s, v in (labels or {}).items()}
 
     def _image(self, service: str) -> str:
         ref = self.pins.get(service) or self.model[service].get("image")
@@ -335,7 +339,7 @@ class FakeCompose:
                                    f"pull access denied for {image}: image not local")
             want = (scale or {}).get(s, int(self.model.get(s, {}).get("scale", 1)))
             mine = self.engine.of(s)
-            h = (config_hash(self.model[s], self.pins.get(s))
+            h = (config_hash(self.model[s], self.pins.get(s), self.labels.get(s))
                  if self.model_file is not None else None)
             if not no_recreate and h is not None:
                 for c in mine:  # as compose: only a container of another config is recreated
@@ -361,9 +365,13 @@ class FakeCompose:
                 self.engine.containers.pop(c.id)
 
 
-def config_hash(service: Mapping[str, Any], pin: str | None) -> str:
-    """The fake's configuration hash: the service's model with its pinned image."""
+def config_hash(service: Mapping[str, Any], pin: str | None,
+                labels: Mapping[str, str] | None = None) -> str:
+    """The fake's configuration hash: the service's model with its pinned image (and the
+    agent's labels merged, as the real override does)."""
     doc = {**service, "image": pin or service.get("image")}
+    if labels:
+        doc["labels"] = {**(service.get("labels") or {}), **labels}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
@@ -391,8 +399,13 @@ class FilesCompose:
         out: dict[str, Any] = self.config()["services"]
         return out
 
+    def model(self) -> dict[str, Any]:
+        return self.config()
+
     def inactive_services(self) -> dict[str, list[str]]:
         return {}
 
-    def config_hashes(self, images: Mapping[str, str]) -> dict[str, str]:
-        return {s: config_hash(svc, images.get(s)) for s, svc in self.services().items()}
+    def config_hashes(self, images: Mapping[str, str],
+                      labels: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
+        return {s: config_hash(svc, images.get(s), (labels or {}).get(s))
+                for s, svc in self.services().items()}

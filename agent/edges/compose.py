@@ -16,6 +16,7 @@ import structlog
 
 from agent.errors import ComposeError, ComposeFileError, ComposeMissing
 from agent.log import redact_text
+from agent.staging import env_files, pinned, rewrite, with_labels
 from agent.state import write_atomic
 
 log = structlog.get_logger()
@@ -67,8 +68,12 @@ class Compose:
         override: Path | None = None,
         timeout: float = 600,
         profiles: Sequence[str] = (),
+        real_dir: Path | None = None,
     ) -> None:
         self.command = list(command)
+        # a mirror of the real project_dir (compose.from_repo's staging): compose runs in
+        # the mirror, and the model and errors it prints name real_dir's paths
+        self.real_dir = real_dir
         self.project_dir = project_dir
         self.files = [project_dir / f for f in files]
         self.project_name = project_name
@@ -130,24 +135,39 @@ class Compose:
             out = self._run([*self._base(with_override, profiles), "config", "--format", "json"],
                             timeout=60)
         except ComposeError as e:  # ComposeMissing is an environment error: it goes through
-            lines = [ln for ln in e.stderr.strip().splitlines() if ln.strip()]
-            raise ComposeFileError(
-                ", ".join(str(f) for f in self.files),
-                [lines[-1] if lines else f"docker compose config exited {e.returncode}"],
-            ) from None
+            raise self._file_error(e) from None
         model: dict[str, Any] = json.loads(out)
+        if self.real_dir is not None:
+            model = rewrite(model, self.project_dir, self.real_dir)
         return model
+
+    def _file_error(self, e: ComposeError) -> ComposeFileError:
+        """compose refused the files: its last line, in real_dir's paths, cut after the
+        file and line it names (compose quotes the offending line of an env file, and an
+        env_file may be any file on the host)."""
+        lines = [ln for ln in e.stderr.strip().splitlines() if ln.strip()]
+        reason = lines[-1] if lines else f"docker compose config exited {e.returncode}"
+        files = [str(f) for f in self.files]
+        if self.real_dir is not None:
+            reason = rewrite(reason, self.project_dir, self.real_dir)
+            files = [rewrite(f, self.project_dir, self.real_dir) for f in files]
+        return ComposeFileError(", ".join(files), [cut_quoted(reason)])
 
     def services(self) -> dict[str, Any]:
         """The services of the compose model. ``docker compose config`` costs ~45 ms of CPU,
         most of an idle pass, so the model is cached until a compose file or the project's
         ``.env`` changes (path, size, mtime)."""
+        services: dict[str, Any] = self.model().get("services") or {}
+        return services
+
+    def model(self) -> dict[str, Any]:
+        """The whole compose model (active profiles), cached like :meth:`services`."""
         key = self._files_key()
         if key and self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        services: dict[str, Any] = self.config().get("services") or {}
-        self._cache = (key, services)
-        return services
+        model = self.config()
+        self._cache = (key, model)
+        return model
 
     def inactive_services(self) -> dict[str, list[str]]:
         """The services that exist only under profiles that are not active, each with its
@@ -166,24 +186,32 @@ class Compose:
             if name not in active
         }
 
-    def config_hashes(self, images: Mapping[str, str]) -> dict[str, str]:
+    def config_hashes(self, images: Mapping[str, str],
+                      labels: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
         """Per service, the configuration hash compose labels its containers with
-        (``com.docker.compose.config-hash``), as it would be with services pinned to
-        ``images`` (the override, handed over on stdin: nothing is written). Compose
-        recreates a container whose label differs; so does the agent. Cached like
-        :meth:`services`, per pin set."""
-        key = (self._files_key(), tuple(sorted(images.items())))
+        (``com.docker.compose.config-hash``), as it will be with services pinned to
+        ``images`` and carrying ``labels`` (what the override adds). Compose recreates a
+        container whose label differs; so does the agent.
+
+        compose's resolved model goes back to compose on stdin (nothing is written):
+        ``up`` hashes the model with ``env_file`` read and dropped, which is exactly what
+        ``config --format json`` prints, while ``config --hash`` on the files themselves
+        would hash the ``env_file`` entries too. Cached like :meth:`services`, per pin set."""
+        key = (self._files_key(), tuple(sorted(images.items())),
+               tuple(sorted((s, tuple(sorted(v.items()))) for s, v in (labels or {}).items())))
         if key[0] and self._hash_cache is not None and self._hash_cache[0] == key:
             return self._hash_cache[1]
+        doc = dict(self.model())
+        doc["services"] = with_labels(pinned(doc.get("services") or {}, images), labels or {})
+        args = [*self.command, "--project-name", self.project_name,
+                "--project-directory", str(self.project_dir)]
+        for profile in self.profiles:
+            args += ["--profile", profile]
         try:
-            out = self._run([*self._base(with_override=False), "--file", "-", "config",
-                             "--hash", "*"], timeout=60, stdin=render_override(dict(images)))
+            out = self._run([*args, "--file", "-", "config", "--hash", "*"], timeout=60,
+                            stdin=json.dumps(doc).encode())
         except ComposeError as e:
-            lines = [ln for ln in e.stderr.strip().splitlines() if ln.strip()]
-            raise ComposeFileError(
-                ", ".join(str(f) for f in self.files),
-                [lines[-1] if lines else f"docker compose config exited {e.returncode}"],
-            ) from None
+            raise self._file_error(e) from None
         hashes = dict(ln.split(None, 1) for ln in out.splitlines() if len(ln.split()) == 2)
         self._hash_cache = (key, hashes)
         return hashes
@@ -193,13 +221,16 @@ class Compose:
         Empty (never cached) when a compose file pulls in other files (``include:``,
         ``extends: file:``): those could change unseen."""
         key = []
+        env: list[Path] = []  # the env files the services read are part of the model
         for f in self.files:
             try:
-                if _REFERS_TO_FILES.search(f.read_bytes()):
-                    return ()
+                text = f.read_bytes()
             except OSError:
-                pass
-        for f in [*self.files, self.project_dir / ".env"]:
+                continue
+            if _REFERS_TO_FILES.search(text):
+                return ()
+            env += [self.project_dir / p for ps in env_files([text]).values() for p in ps]
+        for f in [*self.files, self.project_dir / ".env", *env]:
             try:
                 st = f.stat()
                 key.append((str(f), st.st_size, st.st_mtime_ns))
@@ -234,12 +265,14 @@ class Compose:
             args += ["--scale", f"{name}={n}"]
         self._run([*args, "--", *services])
 
-    def pin(self, images: Mapping[str, str]) -> None:
-        """Write the generated override that pins services to ``image@digest`` (atomically:
-        a crash leaves the old pins or the new ones)."""
+    def pin(self, images: Mapping[str, str],
+            labels: Mapping[str, Mapping[str, str]] | None = None) -> None:
+        """Write the generated override that pins services to ``image@digest`` (and adds
+        the agent's labels: the digest of the git files a service reads), atomically: a
+        crash leaves the old pins or the new ones."""
         if self.override is None:
             raise ValueError("this compose project has no override file")
-        write_atomic(self.override, render_override(dict(images)))
+        write_atomic(self.override, render_override(dict(images), labels))
 
     def remove(self, services: Sequence[str]) -> None:
         """Stop and remove the containers of ``services`` (a service that had no previous
@@ -249,8 +282,23 @@ class Compose:
         self._run([*self._base(), "rm", "--stop", "--force", "--", *services])
 
 
-def render_override(images: dict[str, str]) -> bytes:
-    """The generated override that pins managed services to ``image@digest``. JSON is YAML,
-    so compose reads it as is."""
-    doc = {"services": {name: {"image": ref} for name, ref in sorted(images.items())}}
+def render_override(images: dict[str, str],
+                    labels: Mapping[str, Mapping[str, str]] | None = None) -> bytes:
+    """The generated override that pins managed services to ``image@digest`` and carries
+    the agent's labels. JSON is YAML, so compose reads it as is."""
+    services: dict[str, dict[str, Any]] = {name: {"image": ref}
+                                           for name, ref in sorted(images.items())}
+    for name, extra in sorted((labels or {}).items()):
+        if extra:
+            services.setdefault(name, {})["labels"] = dict(sorted(extra.items()))
+    doc = {"services": dict(sorted(services.items()))}
     return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+_AFTER_LINE = re.compile(r"(\bline \d+)\b.*", re.IGNORECASE)
+
+
+def cut_quoted(reason: str) -> str:
+    """compose's error text up to the file and line it names: what follows may quote the
+    line (an env file's, a host file's), which never goes into a reason or a log."""
+    return _AFTER_LINE.sub(r"\1 (the line's text is not shown)", reason, count=1)

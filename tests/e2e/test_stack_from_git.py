@@ -73,7 +73,7 @@ def env_of(h: Harness, service: str) -> dict[str, str]:
 def first_deploy(h: Harness) -> str:
     rev = h.release(web="web-v1", api="api-v1")
     r = h.sync()
-    assert r.code == 0, r.logs
+    assert r.code == 0, "\n".join(map(str, r.logs))
     assert r.summary()["outcome"] == "applied"
     return rev
 
@@ -343,3 +343,102 @@ def test_a_hand_edit_rolled_out_by_hand_is_corrected_and_its_service_recreated(s
     assert stack.serve("web") == "web from git"
     after = stack.container_ids()
     assert after["api"] == before["api"] and after["side"] == before["side"]
+
+
+# ---------------------------------------------------------------- real stacks' file kinds
+def with_env_file_and_config(text: str) -> str:
+    """web reads an env_file and a bind-mounted config file from git; api and side read
+    neither."""
+    return text.replace(
+        "    volumes:\n      - ./data:/data\n",
+        "    env_file: [conf/app.env]\n"
+        "    volumes:\n      - ./data:/data\n      - ./conf/app.conf:/etc/app.conf:ro\n", 1)
+
+
+def running(h: Harness, service: str):
+    cs = [c for c in h.containers(service) if c.status == "running"]
+    assert len(cs) == 1, cs
+    return cs[0]
+
+
+def test_first_release_with_an_env_file_and_config_from_the_same_revision_runs_them(stack):
+    commit_compose(stack, with_env_file_and_config(compose_text(stack)))
+    stack.project.repo.commit_file("conf/app.env", "APP_MODE=from-env-file\n", "env")
+    first_deploy(stack)
+    assert env_of(stack, "web")["APP_MODE"] == "from-env-file"
+    assert running(stack, "web").exec_run(["cat", "/etc/app.conf"])[1] == b"level=info\n"
+    # the next revisions validate too (it failed for every later revision)
+    commit_compose(stack, with_env_file_and_config(compose_text(stack, web_env="web blue")))
+    r = stack.sync()
+    assert r.code == 0 and r.summary()["outcome"] == "applied", r.logs
+    assert stack.serve("web") == "web blue"
+
+
+def test_a_changed_env_file_recreates_exactly_its_services_and_diff_names_it(stack, capsys):
+    commit_compose(stack, with_env_file_and_config(compose_text(stack)))
+    stack.project.repo.commit_file("conf/app.env", "APP_MODE=one\n", "env")
+    first_deploy(stack)
+    before = stack.container_ids()
+    stack.project.repo.commit_file("conf/app.env", "APP_MODE=two\n", "env two")
+    capsys.readouterr()
+    assert stack.cli("diff").code == 0
+    assert "~ web: config: conf/app.env" in capsys.readouterr().out
+    r = stack.sync()
+    assert r.code == 0 and r.summary()["outcome"] == "applied", r.logs
+    assert r.find("agent.diff")[0]["config_changed"] == ["web"]
+    assert "conf/app.env" in r.find("agent.diff")[0]["because"]["web"]
+    after = stack.container_ids()
+    assert after["web"] != before["web"]
+    assert after["api"] == before["api"] and after["side"] == before["side"]
+    assert env_of(stack, "web")["APP_MODE"] == "two"
+    assert stack.sync().summary()["outcome"] == "no-op"
+    assert stack.container_ids() == after
+
+
+def test_a_changed_bind_mounted_config_file_recreates_exactly_its_service(stack):
+    commit_compose(stack, with_env_file_and_config(compose_text(stack)))
+    stack.project.repo.commit_file("conf/app.env", "APP_MODE=one\n", "env")
+    first_deploy(stack)
+    before = stack.container_ids()
+    stack.project.repo.commit_file("conf/app.conf", "level=debug\n", "debug logs")
+    r = stack.sync()
+    assert r.code == 0 and r.summary()["outcome"] == "applied", r.logs
+    assert r.find("agent.diff")[0]["because"] == {"web": ["conf/app.conf"]}
+    after = stack.container_ids()
+    assert after["web"] != before["web"], r.logs
+    assert after["api"] == before["api"] and after["side"] == before["side"]
+    assert running(stack, "web").exec_run(["cat", "/etc/app.conf"])[1] == b"level=debug\n"
+    idle = stack.sync()
+    assert idle.summary()["outcome"] == "no-op", idle.logs
+    assert stack.container_ids() == after
+
+
+def test_an_unhealthy_config_file_change_rolls_back_the_file_and_the_container(stack):
+    commit_compose(stack, with_env_file_and_config(compose_text(stack)))
+    stack.project.repo.commit_file("conf/app.env", "APP_MODE=one\n", "env")
+    first_deploy(stack)
+    pd = stack.project.project_dir
+    good = files_of(pd)
+    stack.project.repo.commit_file("conf/app.env", "APP_MODE=one\nNO_HEALTH=1\n", "bad env")
+    r = stack.sync()
+    assert r.code == 1 and r.summary()["outcome"] == "rolled-back", r.logs
+    assert files_of(pd) == good
+    assert "NO_HEALTH" not in env_of(stack, "web")
+    assert stack.serve("web") == "web from git"
+
+
+def test_an_included_file_new_in_the_revision_is_checked_against_the_allowlist(stack):
+    cfg = stack.project.config_path.read_text()
+    stack.project.config_path.write_text(
+        cfg + f'\n[trust]\nallowed_images = ["{stack.reg}/e2e/"]\n')
+    first_deploy(stack)
+    pd = stack.project.project_dir
+    before, files = stack.container_ids(), files_of(pd)
+    stack.project.repo.commit_file(
+        "conf/extra.yml", "services:\n  miner:\n    image: evil.example/miner:latest\n",
+        "an included file")
+    commit_compose(stack, "include:\n  - conf/extra.yml\n" + compose_text(stack))
+    r = stack.sync()
+    assert r.code == 2, r.logs
+    assert "evil.example/miner" in r.summary()["reason"]
+    assert files_of(pd) == files and stack.container_ids() == before

@@ -84,7 +84,7 @@ def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shop]:
                   "handover_seconds": 0.0, "health_timeout_seconds": 2.0},
     })
     rec = Reconciler(cfg, source=source, engine=engine, compose=compose,
-                     sleep=lambda _s: None, compose_for=lambda files: FilesCompose(files))
+                     sleep=lambda _s: None, compose_for=lambda files, mirror=None: FilesCompose(files))
     yield Shop(tmp_path, source, engine, compose, rec)
 
 
