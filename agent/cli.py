@@ -218,6 +218,8 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
             print(f"{label}: {_short(v['revision'])} {v['outcome']} at {v['at']}{reason}")
         else:
             print(f"{label}: never")
+    if view.last_release:
+        print(f"last release changed: {'; '.join(view.last_release)}")
     for t in view.rollback_targets:  # what `rollback` can return to from local images
         print(f"rollback target on disk: {_short(t['revision'])} applied {t['at']}")
     if view.wave is not None:
@@ -272,7 +274,7 @@ def cmd_history(cfg: AgentConfig, *, as_json: bool, n: int) -> int:
         outcome = {"rolled-back": "failed and rolled back"}.get(r.outcome, r.outcome)
         print(f"{when}  {_short(r.revision)}  {outcome}{rep}  {r.duration_seconds:.1f}s")
         for c in r.changes:
-            print(f"    {c.service}: {_short(c.old)} -> {_short(c.new)}")
+            print(f"    {c.describe()}")
         if r.reason and r.outcome not in ("applied", "no-op"):
             print(f"    reason: {r.reason.splitlines()[0]}")
     return EXIT_OK

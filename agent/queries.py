@@ -51,6 +51,8 @@ class StatusView:
     # from local images
     frozen: dict[str, Any] | None = None
     rollback_targets: list[dict[str, Any]] = field(default_factory=list)
+    # what the newest release changed, and why (a config change names its git files)
+    last_release: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,7 +125,9 @@ def status(rec: Reconciler) -> StatusView:
             replicas=replicas.get(n),
         ))
     dump = state.model_dump(mode="json")
+    release = next((r for r in state.history if r.outcome in ("applied", "rolled-back")), None)
     return StatusView(
+        last_release=[c.describe() for c in release.changes] if release else [],
         project=rec.cfg.compose.name,
         desired_revision=fetched.revision if fetched else None,
         desired_problem=problem,

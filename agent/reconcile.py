@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -423,7 +423,8 @@ class Reconciler:
                      previous_failure=state.failed_revisions[rev])
         target = effective_target(loaded.desired, state.known_good, revision_failed)
         hashes = self._config_hashes(loaded, target)
-        plan = make_plan(rev, target, observed, state.known_good, hashes)
+        plan = self._because(loaded.stack,
+                             make_plan(rev, target, observed, state.known_good, hashes))
         log.info(
             "agent.diff",
             revision=rev,
@@ -694,18 +695,33 @@ class Reconciler:
         same = applied is not None and applied.revision == fetched.revision
         kept = self.stack.applied_files() if failed or same else None
         if kept is not None and applied is not None:
-            want, rev = kept, applied.revision
-        else:
-            want = self.source.read_files(fetched.revision, self.cfg.compose.from_repo or [])
-            rev = fetched.revision
+            return self._staged(applied.revision, kept)
+        return self._staged(fetched.revision, self._read_stack(fetched.revision))
+
+    def _read_stack(self, revision: str) -> dict[str, bytes]:
+        if not isinstance(self.source, FileSource):
+            raise ConfigError("compose.from_repo", [
+                f"the {self.cfg.source.kind} source cannot read files from the repository"])
+        return self.source.read_files(revision, self.cfg.compose.from_repo or [])
+
+    def _staged(self, rev: str | None, want: Mapping[str, bytes]) -> StagedStack:
+        """The files project_dir must hold, compose reading them as they will be: from
+        project_dir when they are its files already, else from a mirror of it."""
+        assert self.stack is not None
         plan = self.stack.plan(rev, want)
         if not plan.touches:
             return StagedStack(plan, self._files_compose())
         # the revision as it will run: a mirror of project_dir with the revision's files
         mirror = self.stack.dir / "staging"
+        self._check_references(plan.files, f"compose.from_repo@{(rev or '?')[:12]}")
         build_mirror(mirror, self.cfg.compose.project_dir, plan.files, absent=plan.deletes)
         compose = self.compose_for([mirror / f for f in self.cfg.compose.files], mirror=mirror)
         return StagedStack(plan, compose, mirror=mirror)
+
+    def _check_references(self, files: Mapping[str, bytes], where: str) -> None:
+        """Before compose reads anything: the files the compose files name (env_file,
+        include, extends) stay inside project_dir and the repository, unless the host's
+        [compose.allow] says otherwise. Filled in by the host policy."""
 
     def _check_stack(self, stack: StagedStack, where: str) -> None:
         """The revision's fully resolved model (every profile, every included and extended
@@ -715,11 +731,13 @@ class Reconciler:
 
     def _config_hashes(self, loaded: Loaded,
                        target: Mapping[str, ImageDigest]) -> dict[str, str] | None:
+        return self._stack_hashes(loaded.stack, target)
+
+    def _stack_hashes(self, stack: StagedStack | None,
+                      target: Mapping[str, ImageDigest]) -> dict[str, str] | None:
         """Per service, the configuration hash it must run with, pinned to the target
-        digests and labelled with the git files it reads (compose.from_repo only); a service
-        the revision's files change gets a pending hash (StackHashes), the exact one is
-        taken once the files are written."""
-        stack = loaded.stack
+        digests and labelled with the git files it reads (compose.from_repo only), and
+        why a service the revision's files change changes (StackHashes)."""
         if stack is None or self.stack is None:
             return None
         new = {p: sha256(b) for p, b in stack.plan.files.items()}
@@ -747,6 +765,17 @@ class Reconciler:
             return {}
         return file_labels(file_refs(model, self.cfg.compose.project_dir, current,
                                      self._project_env()), current)
+
+    @staticmethod
+    def _because(stack: StagedStack | None, plan: Plan) -> Plan:
+        """The changes of services whose configuration changes say why (from_repo)."""
+        if stack is None or not stack.reasons:
+            return plan
+        reasons = stack.reasons
+        return replace(plan, changes=[
+            c.model_copy(update={"because": reasons[c.service]})
+            if c.service in plan.config_changed and c.service in reasons else c
+            for c in plan.changes])
 
     def _stack_changed(self, loaded: Loaded,
                        observed: Mapping[str, Sequence[ObservedContainer]], service: str) -> bool:
@@ -851,7 +880,7 @@ class Reconciler:
             "agent.pass.completed",
             outcome=result.outcome,
             revision=result.revision,
-            changed=[f"{c.service}: {_short(c.old)} -> {_short(c.new)}" for c in result.changes],
+            changed=[c.describe() for c in result.changes],
             duration_seconds=result.duration_seconds,
             reason=result.reason,
         )
@@ -897,10 +926,14 @@ class Reconciler:
 
     def _rollback_pass(self, state: AgentState, run: _Run, target: dict[str, ImageDigest],
                        orders: dict[str, UpdateOrder]) -> PassResult:
-        compose_services = self.compose.services()
+        stack = self._rollback_files(run.revision or "")
+        compose_services = (stack.compose if stack else self.compose).services()
         with run.timed("observe"):
             run.observed = observed = self.engine.observe(self.cfg.compose.name, set(target))
-        plan = run.plan = make_plan(run.revision or "", target, observed, state.known_good)
+        plan = run.plan = make_plan(run.revision or "", target, observed, state.known_good,
+                                    self._stack_hashes(stack, target))
+        if stack is not None:
+            plan = self._because(stack, plan)
         log.info("agent.rollback.requested", revision=run.revision,
                  changes=[f"{c.service}: {_short(c.old)} -> {_short(c.new)}"
                           for c in plan.changes])
@@ -913,11 +946,34 @@ class Reconciler:
             orders={s: orders.get(s) or ("stop-first" if why_not_twice(
                 s, compose_services.get(s) or {}) else "start-first") for s in target},
             declared={s: declared_scale(compose_services.get(s) or {}) for s in target},
+            hashes=dict(stack.hashes) if stack else {},
         )
         with run.timed("pull"):
             self._pull(plan.changes)
         self._record_intent(state, release)
-        return self._release(state, run, release)
+        if stack is not None and self.stack is not None and stack.plan.touches:
+            self.stack.write(stack.plan)
+            log.info("agent.stack.written", revision=stack.plan.revision,
+                     written=stack.plan.writes, removed=stack.plan.deletes)
+        result = self._release(state, run, release)
+        if result.outcome == "applied" and stack is not None and self.stack is not None:
+            journal, files = self.stack, stack.plan
+            self._save_best_effort(lambda: journal.record_applied(files), what="applied files")
+        return result
+
+    def _rollback_files(self, revision: str) -> StagedStack | None:
+        """compose.from_repo: the recorded release's files (the kept copy of the last
+        applied ones, else read from the source at that revision), validated like a
+        pass's. A release's files go back with its digests."""
+        if self.stack is None:
+            return None
+        applied = self.stack.applied()
+        kept = (self.stack.applied_files()
+                if applied is not None and applied.revision == revision else None)
+        stack = self._staged(revision, kept if kept is not None else self._read_stack(revision))
+        if stack.plan.touches:
+            self._check_stack(stack, f"compose.from_repo@{revision[:12]}")
+        return stack
 
     # ================================================================== read-only
     def cached_desired(self) -> Fetched | None:

@@ -63,6 +63,19 @@ class Change(_Model):
     image: str
     old: str | None
     new: str
+    # compose.from_repo: why a service whose digest stays changes (the git files it reads
+    # that changed, then the compose keys)
+    because: list[str] = Field(default_factory=list)
+
+    def describe(self) -> str:
+        """``web: 1a2b3c4d5e6f -> 4d5e6f...``, or for a configuration change
+        ``web: config (conf/app.env)``."""
+        def short(d: str | None) -> str:
+            return "none" if d is None else d.removeprefix("sha256:")[:12]
+
+        if self.old == self.new and self.because:
+            return f"{self.service}: config ({', '.join(self.because)})"
+        return f"{self.service}: {short(self.old)} -> {short(self.new)}"
 
 
 class RevisionRecord(_Model):

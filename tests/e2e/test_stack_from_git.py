@@ -391,6 +391,9 @@ def test_a_changed_env_file_recreates_exactly_its_services_and_diff_names_it(sta
     assert after["web"] != before["web"]
     assert after["api"] == before["api"] and after["side"] == before["side"]
     assert env_of(stack, "web")["APP_MODE"] == "two"
+    capsys.readouterr()
+    assert stack.cli("status").code == 0
+    assert "last release changed: web: config (conf/app.env" in capsys.readouterr().out
     assert stack.sync().summary()["outcome"] == "no-op"
     assert stack.container_ids() == after
 
@@ -442,3 +445,24 @@ def test_an_included_file_new_in_the_revision_is_checked_against_the_allowlist(s
     assert r.code == 2, r.logs
     assert "evil.example/miner" in r.summary()["reason"]
     assert files_of(pd) == files and stack.container_ids() == before
+
+
+def test_the_rollback_command_restores_the_releases_files_as_well_as_its_digests(stack):
+    commit_compose(stack, with_env_file_and_config(compose_text(stack)))
+    stack.project.repo.commit_file("conf/app.env", "APP_MODE=one\n", "env")
+    good = first_deploy(stack)
+    pd = stack.project.project_dir
+    good_files = files_of(pd)
+    stack.project.repo.commit_file("conf/app.conf", "level=debug\n", "debug")
+    stack.project.repo.commit_file("conf/app.env", "APP_MODE=two\n", "env two")
+    stack.release(web="web-v2", api="api-v1")
+    r = stack.sync()
+    assert r.code == 0 and r.summary()["outcome"] == "applied", r.logs
+    assert env_of(stack, "web")["APP_MODE"] == "two"
+    r = stack.cli("rollback")
+    assert r.code == 0, r.logs
+    assert files_of(pd) == good_files
+    assert stack.running_digest("web") == stack.images["web-v1"]
+    assert env_of(stack, "web")["APP_MODE"] == "one"
+    assert running(stack, "web").exec_run(["cat", "/etc/app.conf"])[1] == b"level=info\n"
+    assert stack.state()["last_applied"]["revision"] == good
