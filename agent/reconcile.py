@@ -269,8 +269,10 @@ class Reconciler:
         except Exception as e:
             log.exception("agent.pass.crashed", error=repr(e))
             result = run.result("error", reason=f"internal error: {e!r}")
+            result.phases = dict(run.phases)
             self._record(state, result, started, t0, keep_intent=True)
             raise
+        result.phases = dict(run.phases)  # every phase timed, the rollback's included
         self._record(state, result, started, t0,
                      keep_intent=result.error is not None
                      and disposition(result.error).keep_intent)
@@ -918,6 +920,7 @@ class Reconciler:
                 result = self._rollback_pass(state, run, dict(target), dict(orders or {}))
         except AgentError as e:
             result = self._failed(state, run, e)
+        result.phases = dict(run.phases)
         self._record(state, result, started, t0,
                      keep_intent=result.error is not None
                      and disposition(result.error).keep_intent)

@@ -151,6 +151,23 @@ def test_start_first_starts_the_new_container_beside_the_old_then_retires_it(
     assert "agent.apply.retiring" in [e["event"] for e in logs]
 
 
+def test_every_phase_of_a_release_is_recorded_in_history(deployed: World) -> None:
+    deployed.release(V2, V1)
+    result, _ = deployed.sync()
+    assert result.outcome == "applied"
+    phases = deployed.state()["history"][0]["phases"]
+    assert {"fetch", "validate", "observe", "pull", "apply", "health"} <= set(phases)
+    assert all(isinstance(v, float) and v >= 0 for v in phases.values())
+    assert phases == result.phases
+
+
+def test_a_rolled_back_release_records_its_rollback_phase(deployed: World) -> None:
+    deployed.release(BAD, V1, stop_first=("web", "api"))
+    result, _ = deployed.sync()
+    assert result.outcome == "rolled-back"
+    assert {"apply", "health", "rollback"} <= set(deployed.state()["history"][0]["phases"])
+
+
 # ------------------------------------------------------------------ rolled back
 def test_an_unhealthy_stop_first_release_is_rolled_back_and_marked_failed(
         deployed: World) -> None:
