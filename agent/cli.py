@@ -39,11 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 release failed, 2 invalid input, 3 source/engine "
         "unreachable, 4 cannot keep a record (state_dir, lock).",
     )
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
-                   help=f"agent config (TOML); default {DEFAULT_CONFIG_PATH}")
-    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from agent import __version__
+
+    p.add_argument("--version", action="version", version=f"gitops-agent {__version__}")
+    _common_options(p, default=True)
+    sub = _Sub(p.add_subparsers(dest="command", required=True, metavar="COMMAND"))
 
     s = sub.add_parser("sync", help="one reconcile pass")
     s.add_argument("--force", action="store_true", help="retry a revision that failed before")
@@ -88,6 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _common_options(p: argparse.ArgumentParser, *, default: bool) -> None:
+    """--config and the log options, before or after the subcommand. Only the top-level
+    parser sets defaults (a subcommand's would override what came before it)."""
+    keep = argparse.SUPPRESS
+    p.add_argument("--config", type=Path, default=None if default else keep,
+                   help=f"agent config (TOML); default $GITOPS_AGENT_CONFIG, else "
+                   f"{DEFAULT_CONFIG_PATH}")
+    p.add_argument("--log-format", choices=("auto", "json", "console"),
+                   default="auto" if default else keep)
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   default="info" if default else keep)
+
+
+class _Sub:
+    """Subcommand parsers that accept the common options too."""
+
+    def __init__(self, actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+        self.actions = actions
+
+    def add_parser(self, name: str, **kw: object) -> argparse.ArgumentParser:
+        s = self.actions.add_parser(name, **kw)  # type: ignore[arg-type]
+        _common_options(s, default=False)
+        return s
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    """--config, else $GITOPS_AGENT_CONFIG, else the default path."""
+    import os
+
+    if args.config is not None:
+        return Path(args.config)
+    env = os.environ.get("GITOPS_AGENT_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG_PATH
+
+
 def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -> int:
     args = build_parser().parse_args(argv)
     if configure_logging:
@@ -100,7 +135,7 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
             from agent.bump_cli import cmd_bump
 
             return cmd_bump(args)
-        cfg = load_config(args.config)
+        cfg = load_config(config_path(args))
         if args.command == "sync":
             return cmd_sync(cfg, force=args.force)
         if args.command == "status":
