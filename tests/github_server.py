@@ -10,6 +10,13 @@ answering the endpoints the agent uses, with real ETag / 304 semantics:
 * ``GET {prefix}/repos/{owner}/{name}/contents/{path}?ref={sha}``: with ``Accept:
   application/vnd.github.raw`` the raw bytes, else the JSON with base64 content; 404 when
   the file does not exist at that ref.
+* ``GET {prefix}/repos/{owner}/{name}/git/trees/{tree, commit or branch}[?recursive=1]`` and
+  ``git/blobs/{sha}``: real git objects. Each commit's files are a real tree (computed here,
+  independently of the agent: ``tests/unit/test_git_objects.py`` checks it against git), so
+  a commit made by git with the same files has the same root tree; the commit JSON names
+  it in ``commit.tree.sha``. Listings show a tree's mode as GitHub does (``040000``), a
+  recursive one each tree's entries right after it; blob content is base64 in 60-character
+  lines, as GitHub sends it.
 
 * ``GET {prefix}/repos/{owner}/{name}/commits/{ref}/status``: the combined status (the
   newest status of each context, ``updated_at`` to the second), paginated with ``Link``,
@@ -21,6 +28,13 @@ answering the endpoints the agent uses, with real ETag / 304 semantics:
 Modes: rate limiting (403 + ``x-ratelimit-remaining: 0`` + ``x-ratelimit-reset``, or 429 +
 ``retry-after``), 5xx, a required token (401 otherwise), and redirecting the contents request
 to another base URL. Every request is logged (method, path, query, headers).
+
+Lies, on demand (a compromised host): :meth:`FakeGitHub.tamper_blob` (a file's blob served
+with other content, by ``git/blobs`` and the contents API), :meth:`FakeGitHub.tamper_tree_entry`
+(a listing naming another, honestly served, blob for a path, or leaving it out; with
+``rehash`` every tree above it renamed to match, all but the root the signed commit names),
+``answer_tree`` (another root tree in the commit JSON) and
+:meth:`FakeGitHub.truncate_recursive_trees` (GitHub's ``truncated`` for a huge repository).
 
 Usage::
 
@@ -76,6 +90,61 @@ class FakeRepo:
     # trust: sha -> (signature, payload) as GitHub returns them; sha -> parent SHAs (compare)
     signatures: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     parents: dict[str, list[str]] = field(default_factory=dict)
+    # git objects: commit sha -> root tree; tree sha -> entries; blob sha -> content
+    roots: dict[str, str] = field(default_factory=dict)
+    trees: dict[str, list[TreeRow]] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+    # lies: blob sha -> content served; (tree sha, name) -> (blob sha, size) listed or None
+    # (left out); tree asked for -> tree served; (commit, path) -> contents API answer
+    blob_lies: dict[str, bytes] = field(default_factory=dict)
+    entry_lies: dict[tuple[str, str], tuple[str, int] | None] = field(default_factory=dict)
+    tree_alias: dict[str, str] = field(default_factory=dict)
+    content_lies: dict[tuple[str, str], bytes | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TreeRow:
+    """One entry of a git tree object, as the listing shows it."""
+
+    mode: str  # GitHub's spelling: "040000" for a tree
+    name: str
+    kind: str  # blob or tree
+    sha: str
+    size: int | None = None  # blobs
+
+
+def git_objects(files: Mapping[str, bytes]) -> tuple[str, dict[str, list[TreeRow]],
+                                                     dict[str, bytes]]:
+    """(root tree sha, trees, blobs) of a commit holding exactly ``files`` (every file
+    ``100644``), computed as git does: ``<mode> <name>\\0<20 bytes>`` entries in git's order
+    (a tree's name sorts as if it ended in "/"), ``sha1("tree <len>\\0" + body)``."""
+    trees: dict[str, list[TreeRow]] = {}
+    blobs: dict[str, bytes] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        rows: list[TreeRow] = []
+        for name, child in node.items():
+            if isinstance(child, dict):
+                rows.append(TreeRow("040000", name, "tree", build(child)))
+            else:
+                sha = _blob_sha(child)
+                blobs[sha] = child
+                rows.append(TreeRow("100644", name, "blob", sha, len(child)))
+        rows.sort(key=lambda r: r.name.encode() + (b"/" if r.kind == "tree" else b""))
+        body = b"".join(r.mode.lstrip("0").encode() + b" " + r.name.encode() + b"\0"
+                        + bytes.fromhex(r.sha) for r in rows)
+        sha = hashlib.sha1(b"tree %d\0" % len(body) + body).hexdigest()  # noqa: S324
+        trees[sha] = rows
+        return sha
+
+    root: dict[str, Any] = {}
+    for path, content in files.items():
+        *dirs, name = path.split("/")
+        node = root
+        for d in dirs:
+            node = node.setdefault(d, {})
+        node[name] = content
+    return build(root), trees, blobs
 
 
 _counter = itertools.count(1)
@@ -128,6 +197,9 @@ class FakeGitHub:
         self._delay = 0.0
         # sha asked for -> sha answered in commits/{sha} (a lying or compromised host)
         self.answer_sha: dict[str, str] = {}
+        # commit sha -> the root tree its commit JSON names instead of its own
+        self.answer_tree: dict[str, str] = {}
+        self._truncate = False
         self._server = ThreadingHTTPServer((bind, port), _make_handler(self))
         self._server.daemon_threads = True
         self._server.request_queue_size = 1024
@@ -196,6 +268,8 @@ class FakeGitHub:
             r.parents[sha] = list(parents)
             r.signatures[sha] = (signature, payload)
             r.files[sha] = {p: (c.encode() if isinstance(c, str) else c) for p, c in files.items()}
+            r.roots.pop(sha, None)
+            self._root(r, sha)
             r.verification[sha] = (verified, reason if not verified or reason else "valid")
             if move_head:
                 r.heads[branch or self.default_branch] = sha
@@ -214,6 +288,78 @@ class FakeGitHub:
                      *, repo: str | None = None) -> None:
         with self.lock:
             self.repo(repo).verification[sha] = (verified, "valid" if verified else reason)
+
+    def _root(self, r: FakeRepo, sha: str) -> str | None:
+        """The root tree of commit ``sha`` (its objects made known), None if unknown."""
+        with self.lock:
+            if sha not in r.roots:
+                if sha not in r.files:
+                    return None
+                root, trees, blobs = git_objects(r.files[sha])
+                r.roots[sha] = root
+                r.trees.update(trees)
+                r.blobs.update(blobs)
+            return r.roots[sha]
+
+    def tree_sha(self, sha: str | None = None, *, repo: str | None = None) -> str:
+        """The root tree of commit ``sha`` (default: the branch head)."""
+        r = self.repo(repo)
+        root = self._root(r, sha or r.heads[self.default_branch])
+        assert root is not None
+        return root
+
+    def _entry(self, path: str, sha: str | None, repo: str | None
+               ) -> tuple[FakeRepo, str, str, str, TreeRow | None]:
+        """(repo, commit, tree holding ``path``, its name, its honest row)."""
+        r = self.repo(repo)
+        commit = sha or r.heads[self.default_branch]
+        tree = self.tree_sha(commit, repo=repo)
+        *dirs, name = path.split("/")
+        for d in dirs:
+            tree = next(row.sha for row in r.trees[tree] if row.name == d)
+        return r, commit, tree, name, next((row for row in r.trees[tree] if row.name == name),
+                                           None)
+
+    def tamper_blob(self, path: str, content: bytes, *, sha: str | None = None,
+                    repo: str | None = None) -> None:
+        """Serve ``content`` for the blob of ``path`` at commit ``sha`` (default: the head):
+        ``git/blobs`` answers it under the honest blob's name, the contents API as the file."""
+        with self.lock:
+            r, _, _, _, row = self._entry(path, sha, repo)
+            assert row is not None and row.kind == "blob", path
+            r.blob_lies[row.sha] = content
+
+    def tamper_tree_entry(self, path: str, content: bytes | None, *, sha: str | None = None,
+                          repo: str | None = None, rehash: bool = False) -> None:
+        """List ``path`` at commit ``sha`` (default: the head) as the blob of ``content``
+        (served honestly under its own name), or leave it out (``content`` None). The
+        contents API answers the same. Without ``rehash`` the trees holding it keep their
+        names; with it each is renamed to match the lie, up to the root, whose listing is
+        answered when the signed root is asked for."""
+        with self.lock:
+            r, commit, tree, name, _ = self._entry(path, sha, repo)
+            r.content_lies[(commit, path)] = content
+            if content is not None:
+                r.blobs[_blob_sha(content)] = content
+            if not rehash:
+                r.entry_lies[(tree, name)] = (None if content is None
+                                              else (_blob_sha(content), len(content)))
+                return
+            files = dict(r.files[commit])
+            if content is None:
+                files.pop(path, None)
+            else:
+                files[path] = content
+            root, trees, blobs = git_objects(files)
+            r.trees.update(trees)
+            r.blobs.update(blobs)
+            r.tree_alias[r.roots[commit]] = root
+
+    def truncate_recursive_trees(self, on: bool = True) -> None:
+        """Answer recursive tree listings as GitHub does for a huge repository: part of the
+        entries and ``truncated: true``."""
+        with self.lock:
+            self._truncate = on
 
     @staticmethod
     def etag_for(sha: str, media: str = "sha") -> str:
@@ -360,8 +506,10 @@ class FakeGitHub:
             if _etag_matches(headers.get("if-none-match"), etag):
                 return 304, {"ETag": etag}, b""
             signature, payload = signatures.get(sha, (None, None))
+            tree_sha = self.answer_tree.get(sha) or self._root(repo, sha)
             body = {"sha": self.answer_sha.get(sha, sha), "commit": {
-                "message": f"commit {sha[:7]}", "verification": {
+                "message": f"commit {sha[:7]}", "tree": {"sha": tree_sha},
+                "verification": {
                     "verified": ok, "reason": reason, "signature": signature,
                     "payload": payload}}}
             return _json(200, body, {"ETag": etag})
@@ -371,25 +519,25 @@ class FakeGitHub:
 
         if endpoint == "git":  # the git database: trees (recursive) and blobs
             kind, _, ident = rest.partition("/")
-            if kind == "trees":
-                tree = files.get(heads.get(ident, ident))
-                if tree is None:
-                    return _json(404, {"message": "Not Found"})
-                entries: list[dict[str, Any]] = []
-                dirs = sorted({"/".join(p.split("/")[:i]) for p in tree
-                               for i in range(1, p.count("/") + 1)})
-                entries += [{"path": d, "mode": "040000", "type": "tree", "sha": make_sha(d)}
-                            for d in dirs]
-                entries += [{"path": p, "mode": "100644", "type": "blob", "sha": _blob_sha(c),
-                             "size": len(c)} for p, c in sorted(tree.items())]
-                return _json(200, {"sha": ident, "tree": entries, "truncated": False})
-            if kind == "blobs":
-                for tree in files.values():
-                    for c in tree.values():
-                        if _blob_sha(c) == ident:
-                            return _json(200, {"sha": ident, "size": len(c),
-                                               "encoding": "base64",
-                                               "content": base64.b64encode(c).decode()})
+            with self.lock:
+                if kind == "trees":
+                    commit = heads.get(ident, ident)
+                    asked = self._root(repo, commit) if commit in files else ident
+                    if asked not in repo.trees:
+                        return _json(404, {"message": "Not Found"})
+                    recursive = query.get("recursive") not in (None, "", "0", "false")
+                    entries = _listing(repo, repo.tree_alias.get(asked, asked), recursive)
+                    truncated = recursive and self._truncate
+                    if truncated:
+                        entries = entries[: max(1, len(entries) // 2)]
+                    return _json(200, {"sha": asked, "tree": entries, "truncated": truncated})
+                if kind == "blobs":
+                    content = repo.blob_lies.get(ident, repo.blobs.get(ident))
+                    if content is not None:
+                        b64 = base64.b64encode(content).decode()
+                        lines = "\n".join(b64[i:i + 60] for i in range(0, len(b64), 60))
+                        return _json(200, {"sha": ident, "size": len(content),
+                                           "encoding": "base64", "content": lines + "\n"})
             return _json(404, {"message": "Not Found"})
 
         if endpoint == "contents":
@@ -402,8 +550,13 @@ class FakeGitHub:
                 return _json(404, {"message": "No commit found for the ref " + ref})
             if rest not in tree:
                 return _json(404, {"message": "Not Found"})
-            content = tree[rest]
-            blob = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()  # noqa: S324
+            with self.lock:
+                content = repo.blob_lies.get(_blob_sha(tree[rest]), tree[rest])
+                lie = repo.content_lies.get((sha, rest), content)
+            if lie is None:
+                return _json(404, {"message": "Not Found"})
+            content = lie
+            blob = _blob_sha(content)
             etag = '"' + blob + '"'
             if _etag_matches(headers.get("if-none-match"), etag):
                 return 304, {"ETag": etag}, b""
@@ -518,6 +671,28 @@ class FakeGitHub:
 
 def _blob_sha(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()  # noqa: S324
+
+
+def _listing(repo: FakeRepo, tree: str, recursive: bool, prefix: str = ""
+             ) -> list[dict[str, Any]]:
+    """The entries of ``tree`` as ``git/trees`` lists them (lies applied): a recursive
+    listing has each tree's entries right after it."""
+    out: list[dict[str, Any]] = []
+    for row in repo.trees[tree]:
+        sha, size = row.sha, row.size
+        if (tree, row.name) in repo.entry_lies:
+            lie = repo.entry_lies[(tree, row.name)]
+            if lie is None:
+                continue
+            sha, size = lie
+        entry: dict[str, Any] = {"path": prefix + row.name, "mode": row.mode,
+                                 "type": row.kind, "sha": sha}
+        if row.kind == "blob":
+            entry["size"] = size
+        out.append(entry)
+        if recursive and row.kind == "tree":
+            out += _listing(repo, sha, True, prefix + row.name + "/")
+    return out
 
 
 def _ancestors(sha: str, parents: Mapping[str, list[str]]) -> set[str]:

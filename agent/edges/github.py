@@ -24,6 +24,20 @@ user's key and for GitHub's web-flow key). With it, the SSH signature and payloa
 returns are verified locally against that file (``ssh-keygen -Y verify``, namespace ``git``),
 the payload must hash to the SHA asked for, and only SSH signatures count.
 
+A lying API can't deploy: with signed commits required nothing is read through the contents
+API. The desired-state file and the ``compose.from_repo`` files are read from the blobs of
+the signed commit's tree: the root tree is the one the signed payload names (``tree
+<sha>``; without ``allowed_signers_file``, the payload's when it is that commit, else
+GitHub's ``commit.tree.sha``, as GitHub's verdict is taken). One recursive
+``git/trees/{root}`` listing (kept for the revision, so the stack files reuse it), every
+tree on the way to each file read (and under a directory read) rebuilt from the listing as
+git's canonical tree object and checked against the name its parent gives it, up to the
+root, and every blob checked against its name (``sha1("blob <len>\\0" + data)``,
+:mod:`agent.trust`). A mismatch is a trust error (:class:`UntrustedRevision`, exit 2) naming
+the path and the revision; nothing of it is cached or written. A listing GitHub truncates
+(a huge repository) is walked one tree at a time down to the desired-state file. An idle
+poll is still one conditional request: the extra requests happen only for a new head.
+
 The token is sent only to the configured API host; requests drops the ``Authorization``
 header on a redirect to another host or port.
 """
@@ -57,11 +71,13 @@ from agent.errors import (
     SourceUnavailable,
     StackFilesError,
     TransientError,
+    UntrustedRevision,
 )
 from agent.log import redact_text
 from agent.secrets import token_from_file, trusted_copy
 from agent.stack import TreeEntry, select_files
 from agent.state import write_atomic
+from agent.trust import blob_id, commit_tree, listing_problem, tree_id, trees_holding
 
 log = structlog.get_logger()
 
@@ -199,14 +215,24 @@ class SourceCache(BaseModel):
     sha: str | None = None  # the head fetched at that ETag
     content: bytes | None = None  # the file at that head (never untrusted content)
     trust_error: str | None = None
+    tree: str | None = None  # signed commits: the root tree the head's signed payload names
     blocked_until: float = 0.0  # epoch before which nothing is sent (rate limit)
 
-    @field_validator("sha")
+    @field_validator("sha", "tree")
     @classmethod
     def _sha(cls, v: str | None) -> str | None:
         if v is not None and not _is_sha(v):
-            raise ValueError("not a commit SHA")
+            raise ValueError("not an object name")
         return v
+
+
+@dataclass(frozen=True)
+class _Listing:
+    """A ``git/trees`` answer: its entries (paths from the tree asked for), their sizes."""
+
+    entries: list[TreeEntry]
+    sizes: dict[str, int | None]
+    truncated: bool
 
 
 class GitHubSource:
@@ -254,6 +280,9 @@ class GitHubSource:
         self._cache = SourceCache()
         # (etag, sha) of a head without the file: not asked for again while it stays the head
         self._missing: tuple[str | None, str] | None = None
+        # the last recursive tree listing, by the name it was asked by (trees and commits
+        # are immutable); checked against the signed tree each time it is used
+        self._listed: tuple[str, _Listing] | None = None
         self._load_cache()
 
     @classmethod
@@ -324,16 +353,19 @@ class GitHubSource:
                 self._save_cache()
             return self._cached()
 
-        trust_error = self._check_verified(sha) if self.require_verified else None
-        if trust_error is not None:
-            content = b""  # untrusted content is neither read nor cached
-        else:
+        trust_error, tree = self._check_verified(sha) if self.require_verified else (None, None)
+        if trust_error is None:
             try:
-                content = self._fetch_content(sha)
+                content = (self._fetch_content(sha) if tree is None
+                           else self._read_signed(sha, tree))
             except DesiredStateError:
                 self._missing = (etag, sha)  # one conditional request per poll while it stays
                 raise
-        c.etag, c.sha, c.content, c.trust_error = etag, sha, content, trust_error
+            except UntrustedRevision as e:  # the API lied about the signed tree
+                trust_error = "; ".join(e.problems)
+        if trust_error is not None:
+            content, tree = b"", None  # untrusted content is neither read nor cached
+        c.etag, c.sha, c.content, c.trust_error, c.tree = etag, sha, content, trust_error, tree
         self._save_cache()
         return self._cached()
 
@@ -344,7 +376,9 @@ class GitHubSource:
                        trust_error=c.trust_error)
 
     # ------------------------------------------------------------------ trust
-    def _check_verified(self, sha: str) -> str | None:
+    def _check_verified(self, sha: str) -> tuple[str | None, str | None]:
+        """(why commit ``sha`` is refused, None), or (None, the root tree its signed
+        payload names): the tree everything of that revision is read from."""
         resp, got = self._get(self._repo_url(f"commits/{sha}"),
                               {"Accept": "application/vnd.github+json"},
                               what=f"commit {sha[:12]}")
@@ -358,6 +392,7 @@ class GitHubSource:
             reason = str(verification.get("reason") or "unknown")
             signature = verification.get("signature")
             payload = verification.get("payload")
+            claimed = (data["commit"].get("tree") or {}).get("sha")
         except (ValueError, KeyError, TypeError, AttributeError):
             raise SourceUnavailable(
                 f"GitHub API {self._host} answered commit {sha[:12]} of {self.repo} "
@@ -365,15 +400,45 @@ class GitHubSource:
             ) from None
         if answered != sha:
             return (f"GitHub API {self._host} answered commit {str(answered)[:12]!r} when "
-                    f"asked for {sha[:12]}; refusing it")
+                    f"asked for {sha[:12]}; refusing it"), None
         if self.allowed_signers_file is None:
-            if verified:
-                return None
-            return f"commit {sha[:12]} is not verified by GitHub (reason: {reason})"
+            if not verified:
+                return f"commit {sha[:12]} is not verified by GitHub (reason: {reason})", None
+            # GitHub's verdict is taken, so is its word for the tree when the payload it
+            # returns is not that commit's
+            tree = (commit_tree(payload, len(sha)) if isinstance(payload, str)
+                    and isinstance(signature, str)
+                    and commit_sha(payload, signature, len(sha)) == sha else None)
+            if tree is None and isinstance(claimed, str) and _is_sha(claimed) \
+                    and len(claimed) == len(sha):
+                tree = claimed
+            if tree is None:
+                return (f"GitHub API {self._host} answered commit {sha[:12]} without its "
+                        "tree; refusing it"), None
+            return None, tree
         # ssh-keygen opens the file by name: hand it a private copy of what was checked
         signers = trusted_copy(self.allowed_signers_file, "trust.allowed_signers_file",
                                self.cache_path.parent / SIGNERS_COPY)
-        return verify_ssh_signature(sha, signature, payload, signers)
+        error = verify_ssh_signature(sha, signature, payload, signers)
+        if error is not None:
+            return error, None
+        tree = commit_tree(str(payload), len(sha))
+        if tree is None:
+            return f"the signed payload of commit {sha[:12]} names no tree; refusing it", None
+        return None, tree
+
+    def _trusted_tree(self, revision: str, where: str) -> str:
+        """The root tree of ``revision``'s signed commit (the head's is kept). Refused:
+        UntrustedRevision."""
+        c = self._cache
+        if revision == c.sha and c.trust_error is not None:
+            raise UntrustedRevision(where, [c.trust_error])
+        if revision == c.sha and c.tree is not None:
+            return c.tree
+        error, tree = self._check_verified(revision)
+        if error is not None or tree is None:
+            raise UntrustedRevision(where, [error or f"commit {revision[:12]} has no tree"])
+        return tree
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         """Whether ``ancestor`` is ``descendant`` or one of its ancestors (compare API)."""
@@ -431,49 +496,155 @@ class GitHubSource:
                                     f"with content that does not match its size ({size})")
         return content
 
+    def _read_signed(self, sha: str, tree: str) -> bytes:
+        """The desired-state file from the blobs of ``tree``, the signed commit's root tree:
+        every tree on its way checked, then its blob, refused from the size the listing
+        reports before it is read. A lie: UntrustedRevision naming the path."""
+        where = f"{self.path}@{sha[:12]}"
+        listing = self._listing(tree, f"the tree of {sha[:12]}")
+        if listing.truncated:
+            found = self._walk(tree, sha)
+        else:
+            problem = listing_problem(tree, listing.entries,
+                                      trees_holding([self.path], listing.entries))
+            if problem is not None:
+                raise UntrustedRevision(where, [self._lie(repr(self.path), sha, problem)])
+            entry = next((e for e in listing.entries if e.path == self.path), None)
+            found = None if entry is None else (entry, listing.sizes.get(self.path))
+        if found is None:
+            raise self._no_file(sha)
+        entry, size = found
+        if entry.kind != "blob" or entry.mode not in ("100644", "100755"):
+            what = {"tree": "dir", "commit": "submodule"}.get(entry.kind, entry.kind)
+            what = "symlink" if entry.mode == "120000" else what
+            raise DesiredStateError(where, [f"{self.path!r} is a {what}, not a file"])
+        if not isinstance(size, int) or size > MAX_BYTES:
+            raise DesiredStateError(where, [
+                f"{self.path!r} is larger than the limit of {MAX_BYTES} bytes ({size} bytes); "
+                "refused unread"])
+        data = self._blob(entry.oid, what=f"{self.path} at {sha[:12]}")
+        problem = _blob_problem(entry.oid, size, data)
+        if problem is not None:
+            raise UntrustedRevision(where, [self._lie(repr(self.path), sha, problem)])
+        return data
+
+    def _walk(self, tree: str, sha: str) -> tuple[TreeEntry, int | None] | None:
+        """The desired-state file's entry, one tree at a time from the root (the recursive
+        listing was truncated), each tree checked against the name its parent gives it."""
+        where = f"{self.path}@{sha[:12]}"
+        parts = self.path.split("/")
+        current = tree
+        for depth, name in enumerate(parts):
+            prefix = "/".join(parts[:depth])
+            listing = self._list(current, recursive=False, what=f"the tree of {sha[:12]}")
+            if listing.truncated:
+                raise DesiredStateError(where, [
+                    f"the directory {prefix or '/'!r} is too large for GitHub to list"])
+            try:
+                ok = tree_id(((e.mode, e.path, e.oid) for e in listing.entries),
+                             len(current)) == current
+            except ValueError:
+                ok = False
+            if not ok:
+                shown = repr(prefix) if prefix else "the root tree"
+                raise UntrustedRevision(where, [self._lie(
+                    repr(self.path), sha, f"{shown} as listed is not the tree {current[:12]}")])
+            entry = next((e for e in listing.entries if e.path == name), None)
+            if entry is None:
+                return None
+            if depth == len(parts) - 1:
+                full = TreeEntry(self.path, entry.mode, entry.kind, entry.oid)
+                return full, listing.sizes.get(name)
+            if entry.mode.lstrip("0") != "40000":  # the mode is what the tree holds
+                return None
+            current = entry.oid
+        return None
+
     def read_files(self, revision: str, paths: Sequence[str]) -> dict[str, bytes]:
         """The files at ``paths`` (a directory: every file under it) at ``revision``: one
-        recursive tree request, then one blob request per file, each refused from the size
-        the tree reports before it is read. StackFilesError names the problem's path."""
+        recursive tree request (none when the desired-state file was just read from that
+        tree), then one blob request per file, each refused from the size the tree reports
+        before it is read. StackFilesError names the problem's path. With signed commits
+        required the tree is the signed commit's, every tree holding a path read is
+        checked against its name up to that root and every blob against its name: a lie
+        is an UntrustedRevision."""
         where = f"compose.from_repo@{revision[:12]}"
-        resp, got = self._get(self._repo_url(f"git/trees/{revision}"),
-                              {"Accept": "application/vnd.github+json"},
-                              what=f"tree at {revision[:12]}", params={"recursive": "1"})
-        if got.kind != "ok":
-            raise self._error(got, what="git trees")
-        try:
-            doc = resp.json()
-            tree = [TreeEntry(str(e["path"]), str(e["mode"]), str(e["type"]), str(e["sha"]))
-                    for e in doc["tree"]]
-            sizes = {str(e["path"]): e.get("size") for e in doc["tree"]}
-        except (ValueError, KeyError, TypeError):
-            raise SourceUnavailable(f"GitHub API {self._host} answered the tree of "
-                                    f"{revision[:12]} with something other than a tree") from None
-        if doc.get("truncated"):
+        root = self._trusted_tree(revision, where) if self.require_verified else None
+        listing = self._listing(root or revision, f"tree at {revision[:12]}")
+        if listing.truncated:
             raise StackFilesError(where, ["the repository's tree is too large for one "
                                           "request (GitHub truncated it)"])
-        chosen = select_files(
-            where, revision, paths, tree,
-            lambda e: sizes[e.path] if isinstance(sizes[e.path], int) else None)
+        if root is not None:
+            problem = listing_problem(root, listing.entries,
+                                      trees_holding(paths, listing.entries))
+            if problem is not None:
+                raise UntrustedRevision(where, [self._lie(
+                    f"the tree of {list(paths)}", revision, problem)])
+        sizes = listing.sizes
+
+        def size_of(e: TreeEntry) -> int | None:
+            size = sizes.get(e.path)
+            return size if isinstance(size, int) else None
+
+        chosen = select_files(where, revision, paths, listing.entries, size_of)
         out: dict[str, bytes] = {}
         for entry in chosen:
-            path, sha, size = entry.path, entry.oid, sizes[entry.path]
-            resp, got = self._get(self._repo_url(f"git/blobs/{sha}"),
-                                  {"Accept": "application/vnd.github+json"},
-                                  what=f"{path} at {revision[:12]}")
-            if got.kind != "ok":
-                raise self._error(got, what="git blobs")
-            try:
-                blob = resp.json()
-                data = base64.b64decode(str(blob.get("content") or ""))
-            except (ValueError, AttributeError, binascii.Error):
-                data = b""
-            if len(data) != size:
+            path, size = entry.path, sizes.get(entry.path)
+            data = self._blob(entry.oid, what=f"{path} at {revision[:12]}")
+            if root is not None:
+                problem = _blob_problem(entry.oid, size, data)
+                if problem is not None:
+                    raise UntrustedRevision(where, [self._lie(repr(path), revision, problem)])
+            elif len(data) != size:
                 raise SourceUnavailable(f"GitHub API {self._host} answered {path} at "
                                         f"{revision[:12]} with content that does not match "
                                         f"its size ({size})")
             out[path] = data
         return out
+
+    def _listing(self, tree: str, what: str) -> _Listing:
+        """The recursive listing of ``tree`` (a tree, or a commit: its root tree); the last
+        one is kept, so the stack files of the revision just fetched cost no tree request."""
+        if self._listed is not None and self._listed[0] == tree:
+            return self._listed[1]
+        listing = self._list(tree, recursive=True, what=what)
+        self._listed = (tree, listing)
+        return listing
+
+    def _list(self, tree: str, *, recursive: bool, what: str) -> _Listing:
+        resp, got = self._get(self._repo_url(f"git/trees/{quote(tree, safe='')}"),
+                              {"Accept": "application/vnd.github+json"},
+                              what=what, params={"recursive": "1"} if recursive else None)
+        if got.kind != "ok":
+            raise self._error(got, what="git trees")
+        try:
+            doc = resp.json()
+            entries = [TreeEntry(str(e["path"]), str(e["mode"]), str(e["type"]), str(e["sha"]))
+                       for e in doc["tree"]]
+            sizes = {str(e["path"]): (e.get("size") if isinstance(e.get("size"), int)
+                                      else None) for e in doc["tree"]}
+            truncated = bool(doc.get("truncated"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise SourceUnavailable(f"GitHub API {self._host} answered {what} with something "
+                                    "other than a tree") from None
+        return _Listing(entries, sizes, truncated)
+
+    def _blob(self, oid: str, *, what: str) -> bytes:
+        """The content GitHub answers for blob ``oid`` (checked by the caller)."""
+        resp, got = self._get(self._repo_url(f"git/blobs/{quote(oid, safe='')}"),
+                              {"Accept": "application/vnd.github+json"}, what=what)
+        if got.kind != "ok":
+            raise self._error(got, what="git blobs")
+        try:
+            blob = resp.json()
+            return base64.b64decode(str(blob.get("content") or ""))
+        except (ValueError, AttributeError, binascii.Error):
+            return b""
+
+    def _lie(self, what: str, revision: str, problem: str) -> str:
+        """A trust error's text: what was answered (paths, object names), never content."""
+        return (f"GitHub API {self._host} answered {what} at {revision[:12]} with what is "
+                f"not the signed commit's: {problem}; refusing the revision")
 
     def _no_file(self, sha: str) -> DesiredStateError:
         return DesiredStateError(
@@ -594,7 +765,10 @@ class GitHubSource:
             return
         # a stored wait is capped when loaded: a clock stepped back must not park the agent
         blocked = min(loaded.blocked_until, self._clock() + MAX_RATE_LIMIT_WAIT)
-        if loaded.key != self._cache_key() or loaded.sha is None or loaded.content is None:
+        unchecked = (self.require_verified and loaded.trust_error is None
+                     and loaded.tree is None)  # content read before trees were checked
+        if loaded.key != self._cache_key() or loaded.sha is None or loaded.content is None \
+                or unchecked:
             # the source changed, or nothing was fetched yet: keep only the wait
             self._cache = SourceCache(blocked_until=blocked)
         else:
@@ -674,6 +848,15 @@ def commit_sha(payload: str, signature: str, sha_len: int = 40) -> str:
     raw = body.encode()
     algo = hashlib.sha1 if sha_len == 40 else hashlib.sha256  # noqa: S324 - git's object id
     return algo(b"commit %d\0" % len(raw) + raw).hexdigest()
+
+
+def _blob_problem(oid: str, size: int | None, data: bytes) -> str | None:
+    """Why ``data`` is not blob ``oid`` of the listed ``size`` (None when it is)."""
+    if blob_id(data, len(oid)) != oid:
+        return f"content that is not blob {oid[:12]}"
+    if len(data) != size:
+        return f"a size ({size}) that is not blob {oid[:12]}'s ({len(data)})"
+    return None
 
 
 def _is_sha(s: str) -> bool:

@@ -700,3 +700,379 @@ def test_read_files_refuses_a_file_over_the_limit_unread(gh, tmp_path, token_fil
     with pytest.raises(StackFilesError, match="'conf/big.bin' is larger than the limit"):
         src.read_files(sha, ["conf/"])
     assert [r.path for r in gh.logged()] == [f"/repos/acme/shop/git/trees/{sha}"]
+
+
+# ---------------------------------------------------------------------------- signed trees
+# With signed commits required, every file is read from the blobs of the signed commit's
+# tree, each tree and blob checked against its git object name: a lying API can't deploy.
+@pytest.fixture
+def signed_repo(signing):
+    """Real signed commits of several files, served by the fake GitHub as git made them
+    (so the root tree the signed payload names is the fake's)."""
+    import rig
+
+    repo, allowed, _, signers, _ = signing
+
+    def commit(gh, files: dict[str, bytes], key: Path | None = allowed, **kw) -> str:
+        for p, c in files.items():
+            (repo.work / p).parent.mkdir(parents=True, exist_ok=True)
+            (repo.work / p).write_bytes(c)
+        rig.git("add", "-A", cwd=repo.work)
+        sign = ["-c", "gpg.format=ssh", "-c", f"user.signingkey={key}", "commit", "-S"]
+        rig.git(*sign, "--quiet", "--allow-empty", "-m", "deploy", cwd=repo.work)
+        sha, sig, payload = signed_from_git(repo.work)
+        tracked = rig.git("ls-files", cwd=repo.work).splitlines()
+        return gh.commit({p: (repo.work / p).read_bytes() for p in tracked}, sha=sha,
+                         signature=sig, payload=payload, **kw)
+
+    return signers, commit
+
+
+STACK = {PATH: V1, "compose.yml": b"services: {}\n", "conf/app.conf": b"level=info\n",
+         "conf/sub/b.conf": b"b\n", "README": b"not deployed\n"}
+FROM_REPO = ["compose.yml", "conf/"]
+
+
+def _kinds(gh: FakeGitHub) -> list[str]:
+    """The requests logged, by what they asked for."""
+    out = []
+    for r in gh.logged():
+        rest = r.path.split("/", 4)[4]
+        kind = rest.split("/")[0] if not rest.startswith("git/") else rest.split("/")[1]
+        out.append(f"{kind}{'?recursive' if r.query.get('recursive') else ''}")
+    return out
+
+
+def test_signed_head_is_read_from_the_blobs_of_its_signed_tree_never_the_contents_api(
+        gh, tmp_path, token_file, signed_repo):
+    signers, commit = signed_repo
+    sha = commit(gh, STACK)
+    src = make_source(tmp_path, gh, token_file, signers=signers)
+
+    got = src.fetch()
+
+    assert (got.revision, got.content, got.trust_error) == (sha, V1, None)
+    assert _kinds(gh) == ["commits", "commits", "trees?recursive", "blobs"]
+    root = gh.tree_sha(sha)
+    assert gh.logged()[2].path == f"/repos/acme/shop/git/trees/{root}"  # the signed root
+    assert gh.count("contents") == 0
+    cached = SourceCache.model_validate_json((tmp_path / "state" / CACHE_FILE).read_bytes())
+    assert (cached.tree, cached.content) == (root, V1)
+
+
+def test_stack_files_of_the_fetched_revision_reuse_its_checked_tree_listing(
+        gh, tmp_path, token_file, signed_repo):
+    signers, commit = signed_repo
+    sha = commit(gh, STACK)
+    src = make_source(tmp_path, gh, token_file, signers=signers)
+    src.fetch()
+    gh.clear_log()
+
+    got = src.read_files(sha, FROM_REPO)
+
+    assert got == {p: STACK[p] for p in ("compose.yml", "conf/app.conf", "conf/sub/b.conf")}
+    assert _kinds(gh) == ["blobs"] * 3  # no second tree request, no commit request
+
+
+def test_an_idle_poll_with_signed_trees_is_still_one_conditional_request(
+        gh, tmp_path, token_file, signed_repo):
+    signers, commit = signed_repo
+    sha = commit(gh, STACK)
+    src = make_source(tmp_path, gh, token_file, signers=signers)
+    src.fetch()
+    src.read_files(sha, FROM_REPO)
+    gh.clear_log()
+
+    got = src.fetch()
+
+    assert (got.revision, got.content, got.trust_error) == (sha, V1, None)
+    assert [r.status for r in gh.logged()] == [304] and src.fetch().content == V1
+    restarted = make_source(tmp_path, gh, token_file, signers=signers)
+    gh.clear_log()
+    assert restarted.fetch().content == V1 and [r.status for r in gh.logged()] == [304]
+
+
+def test_a_lying_blob_for_the_desired_state_is_a_trust_error_and_never_cached(
+        gh, tmp_path, token_file, signed_repo):
+    signers, commit = signed_repo
+    sha = commit(gh, STACK)
+    gh.tamper_blob(PATH, V2)  # a valid desired state, just not the signed one
+    src = make_source(tmp_path, gh, token_file, signers=signers)
+
+    got = src.fetch()
+
+    assert got.revision == sha and got.content == b""
+    assert got.trust_error is not None
+    assert got.trust_error.startswith(f"GitHub API 127.0.0.1 answered {PATH!r} at {sha[:12]}")
+    assert "content that is not blob" in got.trust_error and "image: b" not in got.trust_error
+    assert gh.count("contents") == 0
+    cached = SourceCache.model_validate_json((tmp_path / "state" / CACHE_FILE).read_bytes())
+    assert (cached.content, cached.tree, cached.trust_error) == (b"", None, got.trust_error)
+    # refused once: an unchanged head costs one 304, also after a restart
+    gh.clear_log()
+    assert src.fetch().trust_error == got.trust_error
+    assert make_source(tmp_path, gh, token_file, signers=signers).fetch().trust_error \
+        == got.trust_error
+    assert [r.status for r in gh.logged()] == [304, 304]
+
+
+def test_a_lying_blob_for_a_stack_file_is_an_untrusted_revision_naming_it(
+        gh, tmp_path, token_file, signed_repo):
+    from agent.errors import UntrustedRevision
+    from agent.outcomes import disposition
+
+    signers, commit = signed_repo
+    sha = commit(gh, STACK)
+    gh.tamper_blob("conf/sub/b.conf", b"evil\n")
+    src = make_source(tmp_path, gh, token_file, signers=signers)
+    assert src.fetch().trust_error is None  # the desired-state blob is honest
+
+    with pytest.raises(UntrustedRevision) as e:
+        src.read_files(sha, FROM_REPO)
+
+    assert e.value.source == f"compose.from_repo@{sha[:12]}"
+    assert "'conf/sub/b.conf'" in str(e.value) and "content that is not blob" in str(e.value)
+    assert "evil" not in str(e.value)
+    assert disposition(e.value).exit_code == 2 and disposition(e.value).outcome == "invalid"
+
+
+def _lie_about(gh: FakeGitHub, path: str, lie: str) -> None:
+    """The listing names another blob for ``path`` (served honestly under its own name, so
+    only the tree can tell), or leaves it out."""
+    gh.tamper_tree_entry(path, None if lie == "left-out" else b"evil: 1\n")
+
+
+@pytest.mark.parametrize("lie", ["another-blob", "left-out"])
+def test_a_lying_tree_entry_for_the_desired_state_is_a_trust_error(
+        gh, tmp_path, token_file, signed_repo, lie):
+    signers, commit = signed_repo
+    sha = commit(gh, STACK)
+    _lie_about(gh, PATH, lie)
+
+    got = make_source(tmp_path, gh, token_file, signers=signers).fetch()
+
+    assert got.revision == sha and got.content == b""
+    assert got.trust_error is not None
+    assert got.trust_error.startswith(f"GitHub API 127.0.0.1 answered {PATH!r} at {sha[:12]}")
+    assert "the root tree as listed is not the tree" in got.trust_error
+    assert "blobs" not in _kinds(gh)  # refused before any blob is read
+
+
+@pytest.mark.parametrize("lie", ["another-blob", "left-out"])
+def test_a_lying_tree_entry_for_a_stack_file_is_refused_at_the_tree_that_holds_it(
+        gh, tmp_path, token_file, signed_repo, lie):
+    from agent.errors import UntrustedRevision
+
+    signers, commit = signed_repo
+    sha = commit(gh, STACK)
+    _lie_about(gh, "conf/sub/b.conf", lie)
+    src = make_source(tmp_path, gh, token_file, signers=signers)
+    assert src.fetch().content == V1  # the trees on the desired state's path are honest
+
+    with pytest.raises(UntrustedRevision) as e:
+        src.read_files(sha, FROM_REPO)
+
+    assert e.value.source == f"compose.from_repo@{sha[:12]}"
+    assert "'conf/sub' as listed is not the tree" in str(e.value) and "evil" not in str(e.value)
+    assert _kinds(gh).count("blobs") == 1  # the desired state's: no stack file was read
+
+
+def test_a_lie_with_every_tree_above_it_renamed_is_caught_at_the_signed_root(
+        gh, tmp_path, token_file, signed_repo):
+    from agent.errors import UntrustedRevision
+
+    signers, commit = signed_repo
+    sha = commit(gh, STACK)
+    gh.tamper_tree_entry("conf/sub/b.conf", b"evil: 1\n", rehash=True)  # self-consistent
+    src = make_source(tmp_path, gh, token_file, signers=signers)
+
+    got = src.fetch()
+
+    expected = f"the root tree as listed is not the tree {gh.tree_sha(sha)[:12]}"
+    assert got.content == b"" and expected in (got.trust_error or "")
+    with pytest.raises(UntrustedRevision, match="the signed commit names"):
+        src.read_files(sha, FROM_REPO)
+
+
+def test_read_files_of_another_revision_checks_that_commits_signature_first(
+        gh, tmp_path, token_file, signed_repo, signing):
+    from agent.errors import UntrustedRevision
+
+    signers, commit = signed_repo
+    _, _, other, _, _ = signing
+    old = commit(gh, {**STACK, "compose.yml": b"services: {old: {}}\n"})
+    unsigned = commit(gh, {"compose.yml": b"services: {x: {}}\n"}, key=other)
+    commit(gh, STACK)
+    src = make_source(tmp_path, gh, token_file, signers=signers)
+    src.fetch()
+    gh.clear_log()
+
+    got = src.read_files(old, ["compose.yml"])  # a rollback to a recorded release
+
+    assert got == {"compose.yml": b"services: {old: {}}\n"}
+    assert _kinds(gh) == ["commits", "trees?recursive", "blobs"]
+    assert gh.logged()[1].path == f"/repos/acme/shop/git/trees/{gh.tree_sha(old)}"
+    gh.clear_log()
+    with pytest.raises(UntrustedRevision, match="no valid signature from an allowed signer"):
+        src.read_files(unsigned, ["compose.yml"])
+    assert _kinds(gh) == ["commits"]  # nothing of it is read
+
+
+def test_a_truncated_listing_walks_to_the_desired_state_checking_each_tree(
+        gh, tmp_path, token_file, signed_repo):
+    signers, commit = signed_repo
+    sha = commit(gh, {**STACK, "deploy/prod/desired-state.yml": V2})
+    gh.truncate_recursive_trees()
+    src = make_source(tmp_path, gh, token_file, signers=signers,
+                      path="deploy/prod/desired-state.yml")
+
+    got = src.fetch()
+
+    assert (got.revision, got.content, got.trust_error) == (sha, V2, None)
+    assert _kinds(gh) == ["commits", "commits", "trees?recursive", "trees", "trees", "trees",
+                          "blobs"]
+    # a lie on the way is caught at the tree that holds it
+    lying = commit(gh, {**STACK, "deploy/prod/desired-state.yml": V1})
+    gh.tamper_tree_entry("deploy/prod/desired-state.yml", V2, sha=lying)
+    got = src.fetch()
+    assert got.revision == lying and got.content == b""
+    assert "'deploy/prod' as listed is not the tree" in (got.trust_error or "")
+
+
+def test_without_a_signers_file_the_tree_is_the_signed_payloads_not_githubs_word(
+        gh, tmp_path, token_file, signed_repo):
+    _, commit = signed_repo
+    first = commit(gh, {**STACK, PATH: V2})
+    sha = commit(gh, STACK)
+    gh.answer_tree[sha] = gh.tree_sha(first)  # the commit JSON names another tree
+    got = make_source(tmp_path, gh, token_file, signed=True).fetch()
+    assert (got.revision, got.content, got.trust_error) == (sha, V1, None)
+    assert gh.logged()[2].path == f"/repos/acme/shop/git/trees/{gh.tree_sha(sha)}"
+
+
+def test_a_cache_from_before_tree_checks_is_read_again_with_signed_commits(
+        gh, tmp_path, token_file, signed_repo):
+    signers, commit = signed_repo
+    commit(gh, STACK)
+    src = make_source(tmp_path, gh, token_file, signers=signers)
+    src.fetch()
+    path = tmp_path / "state" / CACHE_FILE
+    doc = json.loads(path.read_text())
+    del doc["tree"]  # as an agent that read the contents API wrote it
+    path.write_text(json.dumps(doc))
+    gh.clear_log()
+    got = make_source(tmp_path, gh, token_file, signers=signers).fetch()
+    assert got.content == V1 and "trees?recursive" in _kinds(gh)
+    assert all(r.header("if-none-match") is None for r in gh.logged())
+
+
+# ---------------------------------------------------------------------------- the pass
+REG = "registry.test:5000"
+WEB = f"{REG}/shop/web"
+
+
+def _compose(env: str) -> bytes:
+    return json.dumps({"services": {"web": {"image": f"{WEB}:latest",
+                                            "environment": {"X": env}}}}).encode()
+
+
+class SignedShop:
+    """The pass with the real GitHub source, signed commits and compose.from_repo, on the
+    honest engine and compose fakes."""
+
+    def __init__(self, gh, tmp_path, token_file, signers, commit, monkeypatch) -> None:
+        from fakes import HEALTHY, FakeCompose, FakeEngine, FilesCompose, digest_of
+
+        from agent import health
+        from agent.reconcile import Reconciler
+
+        monkeypatch.setattr(health, "CONFIRM_SECONDS", 0.05)
+        self.gh, self.tmp, self._commit = gh, tmp_path, commit
+        self.v1, self.v2, self.evil = digest_of("v1"), digest_of("v2"), digest_of("evil")
+        self.engine = FakeEngine()
+        self.engine.publish(WEB, self.v1, HEALTHY)
+        self.engine.publish(WEB, self.v2, HEALTHY)
+        self.project = tmp_path / "project"
+        self.project.mkdir()
+        (tmp_path / "state").mkdir()
+        cfg = parse_config({
+            "source": {"kind": "github", "repo": "acme/shop", "branch": "main", "path": PATH,
+                       "api_url": gh.api_url, "token_file": str(token_file)},
+            "compose": {"project_dir": str(self.project), "project_name": "shop",
+                        "from_repo": ["compose.yml", "conf/"]},
+            "agent": {"state_dir": str(tmp_path / "state"), "settle_seconds": 0.0,
+                      "handover_seconds": 0.0, "health_timeout_seconds": 2.0},
+            "trust": {"require_signed_commits": True, "allowed_signers_file": str(signers)},
+        })
+        self.source = GitHubSource.from_config(cfg)
+        self.rec = Reconciler(
+            cfg, source=self.source, engine=self.engine,
+            compose=FakeCompose(self.engine, model_file=self.project / "compose.yml"),
+            sleep=lambda _s: None, compose_for=lambda files, mirror=None: FilesCompose(files))
+
+    def release(self, digest: str, env: str = "one", conf: bytes = b"level=info\n") -> str:
+        from fakes import desired_yaml
+
+        desired = desired_yaml({"web": (WEB, digest)}, {"web": {"update": "stop-first"}})
+        return self._commit(self.gh, {PATH: desired, "compose.yml": _compose(env),
+                                      "conf/app.conf": conf})
+
+    def written(self) -> dict[str, bytes]:
+        """Every file the agent may write for a release: project_dir, state_dir/stack, the
+        caches of the validated desired state."""
+        roots = [self.project, self.tmp / "state" / "stack"]
+        out = {str(p): p.read_bytes() for r in roots for p in r.rglob("*") if p.is_file()}
+        cache = self.tmp / "state" / "desired-state.cache.json"
+        out["cache"] = cache.read_bytes() if cache.exists() else b""
+        return out
+
+    def ids(self) -> set[str]:
+        return {c.id for c in self.engine.of("web")}
+
+
+@pytest.fixture
+def shop(gh, tmp_path, token_file, signed_repo, monkeypatch) -> SignedShop:
+    shop = SignedShop(gh, tmp_path, token_file, *signed_repo, monkeypatch)
+    shop.release(shop.v1)
+    result = shop.rec.run_pass()
+    assert result.outcome == "applied", result.reason  # honest answers deploy
+    assert (shop.project / "conf" / "app.conf").read_bytes() == b"level=info\n"
+    return shop
+
+
+def test_an_idle_pass_with_signed_trees_and_from_repo_is_one_source_request(shop):
+    shop.gh.clear_log()
+    result = shop.rec.run_pass()
+    assert result.outcome == "no-op", result.reason
+    assert [r.status for r in shop.gh.logged()] == [304]
+
+
+@pytest.mark.parametrize("lie", ["desired-state blob", "stack file blob", "tree entry"])
+def test_a_lying_api_is_refused_exit_2_and_nothing_is_written_or_touched(shop, lie):
+    from agent.errors import UntrustedRevision
+    from agent.outcomes import exit_code
+
+    before, ids, pulls = shop.written(), shop.ids(), len(shop.engine.pulls)
+    rev = shop.release(shop.v2, env="two", conf=b"level=debug\n")
+    if lie == "desired-state blob":  # the API serves another valid desired state
+        shop.gh.tamper_blob(PATH, shop.gh.repo().files[rev][PATH].replace(
+            shop.v2.encode(), shop.evil.encode()))
+        named = PATH
+    elif lie == "stack file blob":
+        shop.gh.tamper_blob("conf/app.conf", b"level=evil\n")
+        named = "conf/app.conf"
+    else:  # conf/app.conf listed as another blob; the desired state's trees are honest
+        shop.gh.tamper_tree_entry("conf/app.conf", b"level=evil\n")
+        named = "the tree of ['compose.yml', 'conf/']"
+
+    result = shop.rec.run_pass()
+
+    assert result.outcome == "invalid" and isinstance(result.error, UntrustedRevision)
+    assert exit_code(result.outcome, result.error) == 2
+    assert result.revision == rev
+    reason = result.reason or ""
+    shown = named if named.startswith("the tree") else repr(named)
+    assert f"answered {shown} at {rev[:12]}" in reason and "evil" not in reason
+    assert shop.evil not in reason
+    assert shop.written() == before and shop.ids() == ids
+    assert len(shop.engine.pulls) == pulls  # nothing pulled either
