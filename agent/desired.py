@@ -357,11 +357,23 @@ def _split_domain(name: str) -> tuple[str, str]:
     return DOCKER_HUB, name
 
 
+def repository_of(image_ref: str) -> str:
+    """``repo[:tag][@digest]`` -> ``repo``: the digest goes first, then a ``:tag`` in the
+    last path component only (``localhost:5000/x/y:tag`` -> ``localhost:5000/x/y``: a
+    registry port is not a tag). The rule of ``agent.plan.repository_of``."""
+    ref = image_ref.split("@", 1)[0]
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        ref = ref[: len(ref) - len(last)] + last.split(":", 1)[0]
+    return ref
+
+
 def normalize_repository(image: str) -> tuple[str, str]:
     """An image repository in docker's normalised form (``ParseNormalizedNamed``):
     ``traefik``, ``library/traefik``, ``docker.io/traefik`` and
-    ``index.docker.io/library/traefik`` are all ``("docker.io", "library/traefik")``."""
-    domain, path = _split_domain(image)
+    ``index.docker.io/library/traefik`` are all ``("docker.io", "library/traefik")``. A tag
+    or digest is dropped: ``ghcr.io/acme/web:1.2@sha256:...`` is ``("ghcr.io", "acme/web")``."""
+    domain, path = _split_domain(repository_of(image))
     if domain == DOCKER_HUB and "/" not in path:
         path = f"library/{path}"
     return domain, path
@@ -376,8 +388,14 @@ def _image_allowed(image: str, entry: str) -> bool:
     entry is a repository: that repository and those below it, whole components only
     (``traefik`` is ``docker.io/library/traefik``: not ``traefik/whoami``, not
     ``ghcr.io/traefik``).
+
+    An image with a tag and/or digest (``ghcr.io/acme/web:1.2``, as compose files name
+    them) is matched by its repository (``ghcr.io/acme/web``). An entry names repositories,
+    never a tag: one carrying a tag or digest allows nothing.
     """
     domain, path = normalize_repository(image)
+    if repository_of(entry) != entry:
+        return False
     if entry.endswith("/"):
         namespace = entry.rstrip("/")
         if not namespace:

@@ -167,3 +167,85 @@ def test_load_config_reports_schema_problems_with_paths(tmp_path):
     assert [q.split(":")[0] for q in ei.value.problems] == [
         "At 'source.branch'", "At 'agent.history_limit'"
     ]
+
+
+# ------------------------------------------------------------------ [compose] from_repo
+def _with_compose(**compose: object) -> dict[str, object]:
+    return {**MINIMAL, "compose": {"project_dir": "/srv/app", **compose}}
+
+
+def test_from_repo_with_a_swarm_engine_is_refused_in_one_line_at_compose_from_repo():
+    problems = _problems({**_with_compose(from_repo=["compose.yml"]),
+                          "engine": {"kind": "swarm"}})
+    assert len(problems) == 1
+    assert problems[0].startswith("At 'compose.from_repo': ")
+    assert 'only for [engine] kind = "compose"' in problems[0]
+
+
+def test_from_repo_with_the_compose_engine_and_swarm_without_from_repo_are_accepted():
+    parse_config({**_with_compose(from_repo=["compose.yml"]), "engine": {"kind": "compose"}})
+    parse_config({**MINIMAL, "engine": {"kind": "swarm"}})
+
+
+def test_swarm_refusal_is_reported_with_the_other_config_problems():
+    problems = _problems({**_with_compose(from_repo=["compose.yml"]),
+                          "engine": {"kind": "swarm"},
+                          "trust": {"allow_rewind": True}})
+    assert [p.split(":", 1)[0] for p in problems] == [
+        "At 'compose.from_repo'", "At 'trust.allow_rewind'"]
+
+
+def test_compose_allow_defaults_refuse_everything_beyond_an_ordinary_container():
+    allow = parse_config(MINIMAL).compose.allow
+    assert allow.privileged == [] and allow.host_namespaces == [] and allow.devices == []
+    assert allow.security_opt == [] and allow.bind_sources == [] and allow.cap_add == {}
+    assert allow.include_outside is False
+    assert not allow.allows("privileged", "web")
+    assert allow.capabilities("web") == set()
+
+
+def test_compose_allow_table_parses_from_toml(tmp_path: Path):
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        '[source]\nrepo = "https://git.example/a.git"\n'
+        '[compose]\nproject_dir = "/srv/app"\nfrom_repo = ["compose.yml"]\n'
+        '[compose.allow]\nprivileged = ["cadvisor"]\nhost_namespaces = ["*"]\n'
+        'cap_add = { traefik = ["NET_BIND_SERVICE"], "*" = ["cap_chown"] }\n'
+        'devices = ["fuse"]\nsecurity_opt = ["cadvisor"]\n'
+        'bind_sources = ["/var/run/docker.sock", "/srv/shared/"]\ninclude_outside = true\n')
+    allow = load_config(path).compose.allow
+    assert allow.allows("privileged", "cadvisor") and not allow.allows("privileged", "web")
+    assert allow.allows("host_namespaces", "anything")
+    assert allow.capabilities("traefik") == {"NET_BIND_SERVICE", "CHOWN"}
+    assert allow.capabilities("web") == {"CHOWN"}
+    assert allow.bind_sources == ["/var/run/docker.sock", "/srv/shared/"]
+    assert allow.include_outside is True
+
+
+def test_compose_allow_cap_add_as_a_list_of_services_allows_any_capability():
+    allow = parse_config(_with_compose(allow={"cap_add": ["traefik"]})).compose.allow
+    assert allow.capabilities("traefik") == {"*"}
+    assert allow.capabilities("web") == set()
+
+
+def test_compose_allow_rejects_unknown_keys_and_bad_values_each_with_its_path():
+    problems = _problems(_with_compose(allow={
+        "priviledged": ["web"],
+        "host_namespaces": ["bad name"],
+        "cap_add": {"web": ["NET ADMIN"]},
+        "bind_sources": ["etc/", "/srv/../etc"],
+        "include_outside": "yes",
+    }))
+    text = "\n".join(problems)
+    assert "At 'compose.allow.priviledged': unknown key" in text
+    assert "At 'compose.allow.host_namespaces.0': 'bad name' is not a compose service name" in text
+    assert "At 'compose.allow.cap_add.web.0': 'NET ADMIN' is not a capability name" in text
+    assert "At 'compose.allow.bind_sources': 'etc/' must be an absolute host path" in text
+    assert "At 'compose.allow.include_outside':" in text
+    assert len(problems) == 5, problems
+
+
+def test_compose_allow_cap_add_of_the_wrong_shape_is_one_clear_problem():
+    for bad in ("traefik", ["traefik", 1]):
+        (p,) = _problems(_with_compose(allow={"cap_add": bad}))
+        assert p.startswith("At 'compose.allow.cap_add': must be a list of services, or a table")

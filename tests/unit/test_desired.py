@@ -289,3 +289,45 @@ def test_allowlist_reports_every_service_outside_it():
             "ds.yml",
         )
     assert len(ei.value.problems) == 2
+
+
+def test_tagged_image_is_allowed_by_its_repository_entry():
+    from agent.desired import _image_allowed
+
+    assert _image_allowed("ghcr.io/acme/web:1.2", "ghcr.io/acme/web")
+    assert _image_allowed("ghcr.io/acme/web:1.2@sha256:" + "a" * 64, "ghcr.io/acme/web")
+    assert _image_allowed("ghcr.io/acme/web@sha256:" + "a" * 64, "ghcr.io/acme/web")
+    assert _image_allowed("ghcr.io/acme/web:1.2", "ghcr.io/acme/")
+    assert _image_allowed("traefik:v3.1", "traefik")
+
+
+def test_tagged_image_is_not_allowed_by_a_longer_repository_sharing_its_prefix():
+    from agent.desired import _image_allowed
+
+    assert not _image_allowed("ghcr.io/acme/web:1.2", "ghcr.io/acme/webx")
+    assert not _image_allowed("ghcr.io/acme/webx:1.2", "ghcr.io/acme/web")
+
+
+def test_registry_port_is_not_taken_for_a_tag():
+    from agent.desired import _image_allowed, repository_of
+
+    assert repository_of("localhost:5000/x/y:tag") == "localhost:5000/x/y"
+    assert repository_of("localhost:5000/x/y") == "localhost:5000/x/y"
+    assert _image_allowed("localhost:5000/x/y:tag", "localhost:5000/x/y")
+    assert _image_allowed("localhost:5000/x/y:tag", "localhost:5000/x/")
+    assert not _image_allowed("localhost:5001/x/y:tag", "localhost:5000/x/")
+
+
+def test_normalize_repository_drops_tag_and_digest():
+    from agent.desired import normalize_repository
+
+    assert normalize_repository("ghcr.io/acme/web:1.2@sha256:" + "a" * 64) == (
+        "ghcr.io", "acme/web")
+    assert normalize_repository("traefik:v3") == ("docker.io", "library/traefik")
+
+
+def test_allowlist_entry_naming_a_tag_allows_nothing():
+    from agent.desired import _image_allowed
+
+    assert not _image_allowed("ghcr.io/acme/web:1.2", "ghcr.io/acme/web:1.2")
+    assert not _image_allowed("ghcr.io/acme/web", "ghcr.io/acme/web:1.2")
