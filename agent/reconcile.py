@@ -71,6 +71,7 @@ from agent.plan import (
     running_config_hash,
     running_digest,
 )
+from agent.policy import check_host_policy, check_raw_references
 from agent.ports import (
     ComposeProject,
     Engine,
@@ -723,13 +724,18 @@ class Reconciler:
     def _check_references(self, files: Mapping[str, bytes], where: str) -> None:
         """Before compose reads anything: the files the compose files name (env_file,
         include, extends) stay inside project_dir and the repository, unless the host's
-        [compose.allow] says otherwise. Filled in by the host policy."""
+        [compose.allow] says otherwise (agent/policy.py)."""
+        check_raw_references(files, self.cfg.compose.project_dir, self.cfg.compose.allow,
+                             compose_files=self.cfg.compose.files, source=where)
 
     def _check_stack(self, stack: StagedStack, where: str) -> None:
         """The revision's fully resolved model (every profile, every included and extended
-        file): every image inside the allowlist."""
+        file): every image inside the allowlist, nothing asked of the host beyond
+        [compose.allow] (privileged, host namespaces, binds outside project_dir...)."""
         model = stack.compose.config(profiles=["*"])
         check_compose_images(model.get("services") or {}, self.cfg.trust.allowed_images, where)
+        check_host_policy(model, self.cfg.compose.project_dir, self.cfg.compose.allow,
+                          source=where)
 
     def _config_hashes(self, loaded: Loaded,
                        target: Mapping[str, ImageDigest]) -> dict[str, str] | None:

@@ -27,10 +27,9 @@ The layout of ``state_dir/stack/``::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
+import posixpath
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +39,10 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 
 from agent.desired import MAX_BYTES, _image_allowed, normalize_repository
-from agent.errors import StackFilesError, UntrustedRevision
+from agent.errors import StackFilesError, StateWriteError, UnsafeStateDir, UntrustedRevision
 from agent.failpoints import failpoint
+from agent.safefs import SafeDir, path_problem
+from agent.safefs import check_project_dir as check_project_dir  # for the pass
 from agent.state import write_atomic
 
 log = structlog.get_logger()
@@ -154,16 +155,29 @@ class StackJournal:
         if manifest is None:
             return None
         out = {}
-        where = self.dir / str((self._read("applied.json") or {}).get("dir") or "applied")
-        for path, digest in manifest.files.items():
-            try:
-                data = (where / path).read_bytes()
-            except OSError:
-                return None
-            if sha256(data) != digest:
-                return None
-            out[path] = data
+        name = str((self._read("applied.json") or {}).get("dir") or "applied")
+        if path_problem(name) or "/" in name:
+            return None
+        try:
+            with self._state_dir(self.dir / name) as kept:
+                for path, digest in manifest.files.items():
+                    data = kept.read(path)
+                    if data is None or sha256(data) != digest:
+                        return None
+                    out[path] = data
+        except (StackFilesError, UnsafeStateDir, StateWriteError):
+            return None
         return out
+
+    def _state_dir(self, root: Path, *, create: bool = False) -> SafeDir:
+        """A directory of the agent's own under state_dir/stack (staging, kept copies)."""
+        return SafeDir.open(root, create=create, mode=0o700, unsafe=UnsafeStateDir,
+                            failed=StateWriteError)
+
+    def _project(self, *, create: bool = False) -> SafeDir:
+        """project_dir, opened once and checked on the open descriptor (owner, mode, not a
+        symlink: AgentEnvironmentError); ``create``: made (0755) when missing."""
+        return SafeDir.open(self.project_dir, create=create, check_owner=True)
 
     def owned(self) -> set[str]:
         """Every path the agent wrote or was about to write (a killed write included)."""
@@ -177,70 +191,68 @@ class StackJournal:
     # ------------------------------------------------------------------ plan
     def plan(self, revision: str | None, want: Mapping[str, bytes]) -> StackPlan:
         """Compare what project_dir holds with ``want``. A path taken by a file the agent
-        did not write (with other content) makes the revision invalid: StackFilesError."""
+        did not write (with other content), a directory or a symlink on the way to a path
+        (wherever it leads) or a path that is not plainly relative makes the revision
+        invalid: StackFilesError. project_dir itself must be safe (check_project_dir)."""
         owned = self.owned()
         current = self.current()
-        writes, drifted, adopted, clashes = [], [], [], []
-        root = self.project_dir.resolve()
-        for path in sorted(want):
-            target = self.project_dir / path
-            problem = self._unsafe(target, root)
-            if problem:
-                clashes.append(f"{path!r}: {problem}")
-                continue
-            on_disk = _read_file(target)
-            if on_disk == want[path]:
-                if path not in owned:
-                    adopted.append(path)
-                continue
-            if path not in owned and (on_disk is not None or target.is_symlink()
-                                      or target.exists()):
-                clashes.append(f"{path!r} exists in {self.project_dir} and was not written "
-                               "by the agent; remove or rename it to let git manage it")
-                continue
-            writes.append(path)
-            if on_disk is not None and current.files.get(path) == sha256(want[path]):
-                drifted.append(path)
+        writes, drifted, adopted, deletes = [], [], [], []
+        clashes: list[str] = []
+        with self._project() as root:
+            for path in sorted(want):
+                problem = path_problem(path)
+                if problem:
+                    clashes.append(f"{path!r} {problem}; not a path inside {self.project_dir}")
+                    continue
+                try:
+                    got = root.lookup(path, limit=len(want[path]))
+                except StackFilesError as e:
+                    clashes.extend(e.problems)
+                    continue
+                if got.kind == "dir":
+                    clashes.append(f"{path!r} is a directory in {self.project_dir}")
+                    continue
+                if got.data == want[path]:
+                    if path not in owned:
+                        adopted.append(path)
+                    continue
+                if path not in owned and got.kind != "missing":
+                    clashes.append(f"{path!r} exists in {self.project_dir} and was not written "
+                                   "by the agent; remove or rename it to let git manage it")
+                    continue
+                writes.append(path)
+                if got.data is not None and current.files.get(path) == sha256(want[path]):
+                    drifted.append(path)
+            for path in sorted(owned - set(want)):
+                if path_problem(path):
+                    continue  # never a path the agent wrote
+                try:
+                    if root.kind(path) in ("file", "symlink"):
+                        deletes.append(path)
+                except StackFilesError as e:
+                    clashes.extend(e.problems)
         if clashes:
             raise StackFilesError(f"compose.from_repo@{(revision or '?')[:12]}", clashes)
-        deletes = sorted(p for p in owned - set(want)
-                         if (self.project_dir / p).is_file()
-                         or (self.project_dir / p).is_symlink())
         return StackPlan(revision, dict(want), writes, deletes, drifted, adopted)
-
-    def _unsafe(self, target: Path, root: Path) -> str | None:
-        """A path that would write outside project_dir (through a symlinked directory) or
-        onto something that is not a file."""
-        parent = target.parent
-        try:
-            resolved = parent.resolve()
-        except OSError as e:
-            return f"cannot resolve {parent}: {e.strerror}"
-        if resolved != root and root not in resolved.parents:
-            return f"its directory leads outside {self.project_dir} (a symlink?)"
-        for p in [*reversed(target.relative_to(self.project_dir).parents)][1:]:
-            d = self.project_dir / p
-            if d.exists() and not d.is_dir():
-                return f"{p} is a file in {self.project_dir}, not a directory"
-        if target.is_dir() and not target.is_symlink():
-            return f"is a directory in {self.project_dir}"
-        return None
 
     def stage(self, plan: StackPlan, compose_files: Sequence[str]) -> list[Path]:
         """Write the revision's files into the staging directory; the compose files to
         validate: the staged copy where the revision has one, else project_dir's."""
         staging = self.dir / "staging"
         shutil.rmtree(staging, ignore_errors=True)
-        for path, data in plan.files.items():
-            dest = staging / path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._state_dir(staging, create=True) as d:
+            for path, data in plan.files.items():
+                d.write(path, data, mode=0o600, dir_mode=0o700)
         return [staging / f if f in plan.files else self.project_dir / f for f in compose_files]
 
     # ------------------------------------------------------------------ write
     def write(self, plan: StackPlan) -> None:
         """Make project_dir hold ``plan.files``: the intent first (what is written and what
-        it replaces), then each file atomically, then the ownership record."""
+        it replaces), then each file atomically, then the ownership record. Every path is
+        checked again as it is written (agent/safefs.py): a directory swapped for a symlink
+        since the plan is refused (StackFilesError), nothing is written or removed outside
+        project_dir; a missing project_dir is made (0755)."""
         if self.applied() is None:
             # the first write: what was there (adopted files) is what a rollback returns to
             self._keep_applied(None, {p: plan.files[p] for p in plan.adopted})
@@ -248,17 +260,15 @@ class StackJournal:
         new = Manifest.of(plan.revision, plan.files)
         if not plan.touches and new == current:
             return
-        self._write("intent.json", {"revision": plan.revision, "files": new.to_json(),
-                                    "previous": current.to_json()})
-        for path in plan.writes:
-            dest = self.project_dir / path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(dest, plan.files[path], mode=FILE_MODE)
-            failpoint("during-files")  # a kill with some files written, others not
-        for path in plan.deletes:
-            with contextlib.suppress(FileNotFoundError):
-                (self.project_dir / path).unlink()
-            _prune_empty_dirs(self.project_dir, path)
+        with self._project(create=True) as root:
+            self._write("intent.json", {"revision": plan.revision, "files": new.to_json(),
+                                        "previous": current.to_json()})
+            for path in plan.writes:
+                root.write(path, plan.files[path], mode=FILE_MODE)
+                failpoint("during-files")  # a kill with some files written, others not
+            for path in plan.deletes:
+                root.unlink(path)
+                _prune_empty_dirs(root, path)
         self._write("current.json", new.to_json())
         (self.dir / "intent.json").unlink(missing_ok=True)
 
@@ -275,11 +285,11 @@ class StackJournal:
         old = self._read("applied.json")
         name = f"applied-{sha256(json.dumps(Manifest.of(revision, files).to_json()).encode())[:16]}"
         tmp = self.dir / name
-        shutil.rmtree(tmp, ignore_errors=True)
-        for path, data in files.items():
-            dest = tmp / path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(data)
+        shutil.rmtree(tmp, ignore_errors=True)  # symlinks in it are unlinked, never followed
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._state_dir(tmp, create=True) as kept:
+            for path, data in files.items():
+                kept.write(path, data, mode=0o600, dir_mode=0o700)
         self._write("applied.json", {**Manifest.of(revision, files).to_json(), "dir": name})
         if isinstance(old, dict) and old.get("dir") and old["dir"] != name:
             shutil.rmtree(self.dir / str(old["dir"]), ignore_errors=True)
@@ -298,23 +308,10 @@ class StackJournal:
         return plan
 
 
-def _read_file(path: Path) -> bytes | None:
-    if path.is_symlink() or not path.is_file():
-        return None
-    try:
-        return path.read_bytes()
-    except OSError:
-        return None
-
-
-def _prune_empty_dirs(root: Path, relpath: str) -> None:
-    for parent in Path(relpath).parents:
-        if str(parent) == ".":
-            return
-        try:
-            os.rmdir(root / parent)
-        except OSError:
-            return
+def _prune_empty_dirs(root: SafeDir, relpath: str) -> None:
+    """The directories on the way to ``relpath`` that are now empty go (by descriptor,
+    never through a symlink)."""
+    root.prune(relpath)
 
 
 @runtime_checkable
@@ -364,7 +361,9 @@ class TreeEntry:
 def select_files(where: str, revision: str, paths: Sequence[str], tree: Sequence[TreeEntry],
                  size_of: Callable[[TreeEntry], int | None]) -> list[TreeEntry]:
     """The entries under ``paths`` (a directory: every file under it), refused before any
-    is read: a path missing, too many files, anything but a plain file, a file over the
+    is read: a path missing, an entry whose path is not plainly relative (a ``..``, ``.``
+    or empty component, absolute, a backslash or NUL) or that normalises outside its
+    ``from_repo`` entry, too many files, anything but a plain file, a file over the
     per-file limit (``size_of`` None: its size is unknown, so it is over), or over the total.
     Every source of files applies the same rules through this. StackFilesError."""
 
@@ -372,6 +371,19 @@ def select_files(where: str, revision: str, paths: Sequence[str], tree: Sequence
         base = p.rstrip("/")
         return name == base or name.startswith(base + "/")
 
+    # a lying source (a GitHub API answer) can name anything: every entry that is, or
+    # would normalise to, a path under a from_repo entry must be exactly such a path
+    for e in tree:
+        norm = posixpath.normpath(e.path) if e.path else e.path
+        if not any(under(p, e.path) or under(p, norm) for p in paths):
+            continue
+        problem = path_problem(e.path)
+        if problem:
+            raise StackFilesError(where, [f"{e.path!r} {problem}; refused (the files are "
+                                          "written at their paths in project_dir)"])
+        if not any(under(p, norm) for p in paths if under(p, e.path)):
+            raise StackFilesError(where, [f"{e.path!r} normalises to {norm!r}, outside "
+                                          f"the from_repo entries {list(paths)}"])
     for p in paths:
         if not any(under(p, e.path) for e in tree):
             raise StackFilesError(where, [f"{p!r} is not in the repository at {revision[:12]}"])

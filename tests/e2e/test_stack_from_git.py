@@ -466,3 +466,58 @@ def test_the_rollback_command_restores_the_releases_files_as_well_as_its_digests
     assert env_of(stack, "web")["APP_MODE"] == "one"
     assert running(stack, "web").exec_run(["cat", "/etc/app.conf"])[1] == b"level=info\n"
     assert stack.state()["last_applied"]["revision"] == good
+
+
+# ---------------------------------------------------------------- the host's policy
+def test_a_docker_socket_bind_from_git_is_refused_until_the_host_allows_it(stack):
+    first_deploy(stack)
+    pd = stack.project.project_dir
+    before, files = stack.container_ids(), files_of(pd)
+    proxy = (f"proxy:\n  image: {stack.reg}/e2e/side@{stack.images['side']}\n"
+             "  stop_grace_period: 1s\n"
+             "  volumes:\n    - /var/run/docker.sock:/var/run/docker.sock:ro\n"
+             "  labels:\n    traefik.enable: \"true\"\n")
+    commit_compose(stack, compose_text(stack, extra_services=proxy))
+    r = stack.sync()
+    assert r.code == 2, r.logs
+    reason = r.summary()["reason"]
+    assert "services.proxy.volumes" in reason and "/var/run/docker.sock" in reason
+    assert "[compose.allow]" in reason
+    assert files_of(pd) == files and stack.container_ids() == before
+    cfg = stack.project.config_path.read_text()
+    stack.project.config_path.write_text(
+        cfg + '\n[compose.allow]\nbind_sources = ["/var/run/docker.sock"]\n')
+    r = stack.sync()  # the same revision, judged again under the host's new policy
+    assert r.code == 0, r.logs
+    assert "/var/run/docker.sock" in (pd / "compose.yml").read_text(), r.logs
+    assert len([c for c in stack.containers("proxy") if c.status == "running"]) == 1, r.logs
+
+
+def test_privileged_from_git_is_refused_naming_service_and_key(stack):
+    first_deploy(stack)
+    before = stack.container_ids()
+    commit_compose(stack, compose_text(stack, extra_services=(
+        f"miner:\n  image: {stack.reg}/e2e/web:latest\n  privileged: true\n"
+        "  pid: host\n")))
+    r = stack.sync()
+    assert r.code == 2, r.logs
+    reason = r.summary()["reason"]
+    assert "services.miner.privileged" in reason and "services.miner.pid" in reason
+    assert stack.container_ids() == before
+
+
+def test_an_env_file_outside_project_dir_is_refused_and_its_content_never_shown(stack):
+    first_deploy(stack)
+    pd = stack.project.project_dir
+    host_file = stack.project.root / "host-secrets.env"
+    host_file.write_text("DB_PASSWORD=hunter2-do-not-leak\n")
+    before, files = stack.container_ids(), files_of(pd)
+    commit_compose(stack, compose_text(stack).replace(
+        "    volumes:\n      - ./data:/data\n",
+        f"    env_file: [{host_file}]\n    volumes:\n      - ./data:/data\n", 1))
+    r = stack.sync()
+    assert r.code == 2, r.logs
+    assert str(host_file) in r.summary()["reason"]
+    assert "hunter2" not in json.dumps(r.logs)
+    assert "hunter2" not in (stack.project.state_dir / "state.json").read_text()
+    assert files_of(pd) == files and stack.container_ids() == before
