@@ -235,17 +235,6 @@ class StackJournal:
             raise StackFilesError(f"compose.from_repo@{(revision or '?')[:12]}", clashes)
         return StackPlan(revision, dict(want), writes, deletes, drifted, adopted)
 
-    def stage(self, plan: StackPlan, compose_files: Sequence[str]) -> list[Path]:
-        """Write the revision's files into the staging directory; the compose files to
-        validate: the staged copy where the revision has one, else project_dir's."""
-        staging = self.dir / "staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._state_dir(staging, create=True) as d:
-            for path, data in plan.files.items():
-                d.write(path, data, mode=0o600, dir_mode=0o700)
-        return [staging / f if f in plan.files else self.project_dir / f for f in compose_files]
-
     # ------------------------------------------------------------------ write
     def write(self, plan: StackPlan) -> None:
         """Make project_dir hold ``plan.files``: the intent first (what is written and what
