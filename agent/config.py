@@ -344,6 +344,10 @@ class GitHubReportConfig(_Strict):
     token_file: Path
     context: str = Field(default="deploy/{host}", min_length=1, max_length=100)
     timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 5.0
+    # whose deploy statuses count for rollout waves: GitHub logins; default (None) the
+    # login of token_file's own token — a CI job or a branch workflow with statuses:write
+    # posts as another login and can neither release nor halt a wave
+    trusted_creators: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\[\]-]*$")]] | None = None
 
     @field_validator("api_url")
     @classmethod

@@ -14,6 +14,9 @@ the diff and before any pull.
   at least ``min_hosts`` (default 1) successes on R, and ``soak_seconds`` have passed since
   the wave's last success (GitHub's clock on both ends: the status's ``updated_at`` and
   the answer's ``Date``).
+* Only statuses posted by a trusted creator count (``[report.github] trusted_creators``,
+  default the login of the host's own report token): a CI job or a branch workflow with
+  ``statuses: write`` posting ``deploy/web-2`` can neither release nor halt a wave.
 * A ``failure`` or ``error`` on R from a host of an earlier wave stops the rollout of R:
   the host does not apply R (``held``, the reason names that host and its status), keeps
   running what it runs and posts nothing on R. A newer revision starts afresh.
@@ -26,7 +29,7 @@ the diff and before any pull.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -126,10 +129,12 @@ class RolloutGate:
     """The rollout waves as a gate of the pass (:class:`agent.ports.Gate`)."""
 
     def __init__(self, host: str, *, context: str | None,
-                 read: Callable[[str], StatusesRead] | None) -> None:
+                 read: Callable[[str], StatusesRead] | None,
+                 trusted: Callable[[], Collection[str]] | None = None) -> None:
         self.host = host
         self.context = context  # the [report.github] context template, None without it
         self.read = read
+        self.trusted = trusted  # the logins whose statuses count; None: every status
 
     def check(self, question: GateQuestion) -> GateAnswer | None:
         rollout = question.rollout
@@ -149,8 +154,17 @@ class RolloutGate:
                                         f"{question.revision[:12]}")
         got = self.read(question.revision)
         to_host = host_from_context(self.context)
-        reports = [HostReport(h, s.state, s.updated_at) for s in got.statuses
-                   if (h := to_host(s.context)) is not None and h != self.host]
+        trusted = self.trusted() if self.trusted is not None else None
+        ours = [s for s in got.statuses if (h := to_host(s.context)) is not None
+                and h != self.host]
+        counted = [s for s in ours if trusted is None or s.creator in trusted]
+        if len(counted) < len(ours):
+            log.warning("agent.fleet.statuses_ignored", revision=question.revision[:12],
+                        contexts=sorted(s.context for s in ours if s not in counted)[:10],
+                        creators=sorted({str(s.creator) for s in ours if s not in counted}),
+                        message="posted by a login not in report.github.trusted_creators")
+        reports = [HostReport(h, s.state, s.updated_at) for s in counted
+                   if (h := to_host(s.context)) is not None]
         log.info("agent.fleet.statuses_read", revision=question.revision[:12],
                  requests=got.requests, not_modified=got.not_modified, hosts=len(reports))
         reason = decide(self.host, rollout, reports, got.now, question.revision)
@@ -192,7 +206,13 @@ def build_gates(cfg: AgentConfig) -> list[Gate]:
     client = GitHubStatuses(repo=gh.repo, api_url=gh.api_url,
                             token=read_secret_file(gh.token_file, "report.github.token_file"),
                             timeout=gh.timeout_seconds, state_dir=cfg.agent.state_dir)
-    return [RolloutGate(host_name(cfg), context=gh.context, read=client.read)]
+    listed = gh.trusted_creators
+
+    def trusted() -> Collection[str]:
+        return frozenset(listed) if listed is not None else frozenset([client.token_login()])
+
+    return [RolloutGate(host_name(cfg), context=gh.context, read=client.read,
+                        trusted=trusted)]
 
 
 __all__ = ["RolloutGate", "build_gates", "decide", "describe_wave", "wave_of"]

@@ -60,6 +60,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+DEFAULT_LOGIN = "deploy-bot"  # the login of any token not in GitHubServer.logins
+
 
 @dataclass
 class LoggedRequest:
@@ -71,8 +73,11 @@ class LoggedRequest:
 
     @property
     def endpoint(self) -> str:
-        """``commits``, ``status`` (a commit's combined status), ``contents`` or ``other``."""
+        """``commits``, ``status`` (a commit's combined status), ``contents``, ``user`` (whose
+        the token is) or ``other``."""
         parts = self.path.split("/")
+        if self.path.split("?")[0] == "/user":
+            return "user"
         if len(parts) == 7 and parts[1] == "repos" and parts[4] == "commits" \
                 and parts[6] == "status":
             return "status"
@@ -188,6 +193,10 @@ class FakeGitHub:
         self.request_count = 0  # counted even when log_requests is False
         self.status_counts: Counter[int] = Counter()  # status -> answers (always counted)
         self.statuses: list[dict[str, Any]] = []  # commit statuses posted, in order
+        # token -> the login GitHub knows it by (GET /user, a status's creator); any other
+        # token is DEFAULT_LOGIN's
+        self.logins: dict[str, str] = {}
+        self.link_base: str | None = None  # a lying host: next pages on another server
         self.lock = threading.RLock()
         # modes
         self._rate_limit: tuple[int, float] | None = None  # (status, seconds)
@@ -469,6 +478,8 @@ class FakeGitHub:
             })
         if self.token is not None and headers.get("authorization") != f"Bearer {self.token}":
             return _json(401, {"message": "Bad credentials"})
+        if method == "GET" and path == "/user":
+            return _json(200, {"login": self.login_for(headers.get("authorization"))})
         if method == "POST" and path.split("/")[4:5] == ["statuses"]:
             return self._post_status(path, headers, body)
         if method != "GET":
@@ -601,20 +612,27 @@ class FakeGitHub:
                       "state": data["state"], "description": data.get("description"),
                       "context": data.get("context") or "default",
                       "target_url": data.get("target_url"),
+                      "creator": self.login_for(headers.get("authorization")),
                       "authorization": headers.get("authorization")}
             self.statuses.append(status)
         return _json(201, {k: v for k, v in status.items() if k != "authorization"})
 
+    def login_for(self, authorization: str | None) -> str:
+        token = (authorization or "").removeprefix("Bearer ")
+        return self.logins.get(token, DEFAULT_LOGIN)
+
     def add_status(self, sha: str, context: str, state: str, *, repo: str | None = None,
-                   description: str = "", updated_at: str | None = None) -> None:
-        """Store a status as if a host had posted it (benchmarks, unit tests)."""
+                   description: str = "", updated_at: str | None = None,
+                   creator: str = DEFAULT_LOGIN) -> None:
+        """Store a status as if a host had posted it (benchmarks, unit tests), as
+        ``creator`` (the login of the hosts' token by default)."""
         with self.lock:
             self.repo(repo).files.setdefault(sha, {})
             self.statuses.append({
                 "id": len(self.statuses) + 1, "repo": repo or self.default_repo, "sha": sha,
                 "updated_at": updated_at or _now_iso(), "state": state,
                 "description": description, "context": context, "target_url": None,
-                "authorization": None})
+                "creator": creator, "authorization": None})
 
     def _combined_status(self, repo_name: str, ref: str, heads: Mapping[str, str],
                          files: Mapping[str, Any], query: Mapping[str, str],
@@ -645,13 +663,14 @@ class FakeGitHub:
         body = {"state": overall, "sha": sha, "total_count": len(contexts), "statuses": [
             {"id": c["id"], "state": c["state"], "description": c["description"],
              "context": c["context"], "target_url": c["target_url"],
+             "creator": {"login": c.get("creator", DEFAULT_LOGIN), "type": "User"},
              "created_at": c["updated_at"], "updated_at": c["updated_at"]} for c in chunk]}
         raw = json.dumps(body, sort_keys=True).encode()
         etag = '"' + hashlib.sha256(raw).hexdigest()[:40] + '"'
         out = {"ETag": etag}
         if page * per_page < len(contexts):
             base = raw_path.split("?", 1)[0]
-            out["Link"] = (f'<{self.base_url}{base}?per_page={per_page}&page={page + 1}>; '
+            out["Link"] = (f'<{self.link_base or self.base_url}{base}?per_page={per_page}&page={page + 1}>; '
                            'rel="next"')
         if _etag_matches(headers.get("if-none-match"), etag):
             return 304, out, b""

@@ -9,7 +9,12 @@ the revision asked last), so a one-off ``sync`` is conditional too.
 
 Any failure to read (network, 5xx, rate limit, a refused token, a malformed answer) raises
 :class:`StatusesUnavailable`, a TransientError: the pass ends ``error`` and touches nothing.
-The token goes only to ``api_url``'s host: redirects are not followed.
+The token goes only to ``api_url``'s host: redirects are not followed, and a ``Link:
+rel="next"`` page on another scheme, host or port is refused (StatusesUnavailable).
+
+Each status carries the login of its ``creator``: the rollout gate counts only statuses from
+trusted creators (:mod:`agent.fleet`); :meth:`GitHubStatuses.token_login` tells whose the
+token is (``GET /user``, asked once per process).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import structlog
@@ -60,6 +66,7 @@ class CommitStatus:
     context: str
     state: str  # success, failure, error, pending
     updated_at: datetime
+    creator: str | None = None  # the login that posted it
 
 
 @dataclass
@@ -94,6 +101,28 @@ class GitHubStatuses:
         self.session = github_session(token, session)
         # url -> (etag, the body it stands for, the next page); the last revision's pages
         self.cache: dict[str, _Page] = self._load()
+        self._login: str | None = None
+
+    def token_login(self) -> str:
+        """The login the token belongs to (``GET /user``), asked once per process.
+        Raises StatusesUnavailable."""
+        if self._login is not None:
+            return self._login
+        what = "login of report.github.token_file's token"
+        try:
+            resp = self.session.get(f"{self.api_url}/user", timeout=self.timeout,
+                                    allow_redirects=False)
+        except requests.RequestException as e:
+            raise StatusesUnavailable(f"could not read the {what}: {type(e).__name__}") from None
+        if resp.status_code != 200:
+            raise StatusesUnavailable(self._refusal(resp, what))
+        try:
+            login = resp.json()["login"]
+        except (ValueError, KeyError, TypeError):
+            raise StatusesUnavailable(f"GitHub answered the {what} in an unexpected shape"
+                                      ) from None
+        self._login = str(login)
+        return self._login
 
     def read(self, sha: str) -> StatusesRead:
         """Every context's newest status on ``sha``. Raises StatusesUnavailable."""
@@ -103,10 +132,17 @@ class GitHubStatuses:
         fresh: dict[str, _Page] = {}
         while url is not None and len(out.pages) < MAX_PAGES:
             body, url = self._page(url, out, fresh)
+            if url is not None and not self._same_origin(url):
+                raise StatusesUnavailable(
+                    f"GitHub's next page of the commit statuses of {self.repo} is not under "
+                    f"{self.api_url}: not followed (the token goes only to api_url)")
             try:
                 for s in body.get("statuses") or []:
-                    out.statuses.append(CommitStatus(str(s["context"]), str(s["state"]),
-                                                     _parse_time(str(s["updated_at"]))))
+                    creator = s.get("creator")
+                    login = creator.get("login") if isinstance(creator, dict) else None
+                    out.statuses.append(CommitStatus(
+                        str(s["context"]), str(s["state"]), _parse_time(str(s["updated_at"])),
+                        creator=str(login) if login is not None else None))
             except (AttributeError, KeyError, TypeError, ValueError) as e:
                 raise StatusesUnavailable(
                     f"GitHub answered the statuses of {sha[:12]} in an unexpected shape: "
@@ -151,6 +187,11 @@ class GitHubStatuses:
         if etag:
             fresh[url] = (etag, body, nxt)
         return body, nxt
+
+    def _same_origin(self, url: str) -> bool:
+        mine, theirs = urlsplit(self.api_url), urlsplit(url)
+        return (theirs.scheme, theirs.netloc) == (mine.scheme, mine.netloc) and (
+            theirs.path.startswith(mine.path.rstrip("/") + "/"))
 
     def _refusal(self, resp: requests.Response, what: str) -> str:
         code = resp.status_code

@@ -18,7 +18,7 @@ from agent.config import parse_config
 from agent.desired import Wave, parse_desired_state
 from agent.edges.github_statuses import GitHubStatuses, StatusesUnavailable
 from agent.errors import ConfigError, DesiredStateError
-from agent.fleet import HostReport, RolloutGate, decide, describe_wave, wave_of
+from agent.fleet import HostReport, RolloutGate, build_gates, decide, describe_wave, wave_of
 from agent.ports import GateQuestion
 from agent.reconcile import Reconciler
 
@@ -279,3 +279,78 @@ def test_waves_without_report_github_are_invalid_and_say_so(tmp_path: Path) -> N
 def test_a_gate_without_rollout_lets_every_host_apply(tmp_path: Path) -> None:
     gate = RolloutGate("x", context=None, read=None)
     assert gate.check(GateQuestion(REV, ("web",), converging=False, force=False)) is None
+
+
+# ------------------------------------------------------------------ whose statuses count
+def test_a_next_page_on_another_host_is_refused_and_the_token_never_goes_there(
+        gh: FakeGitHub) -> None:
+    for i in range(150):
+        gh.add_status(REV, f"deploy/h-{i:03d}", "success")
+    with FakeGitHub(repo="acme/shop") as elsewhere:
+        gh.link_base = elsewhere.base_url
+        with pytest.raises(StatusesUnavailable, match="next page .* is not under"):
+            client(gh).read(REV)
+        assert elsewhere.request_count == 0
+
+
+def gated_reconciler(tmp: Path, gh: FakeGitHub, host: str, source: FakeSource,
+                     engine: FakeEngine, trusted: list[str] | None = None) -> Reconciler:
+    token = tmp / "report-token"
+    token.write_text("tok\n")
+    token.chmod(0o600)
+    github: dict[str, object] = {"repo": "acme/shop", "api_url": gh.api_url,
+                                 "token_file": str(token)}
+    if trusted is not None:
+        github["trusted_creators"] = trusted
+    cfg = parse_config({
+        "source": {"repo": "https://git.test/shop.git"},
+        "compose": {"project_dir": str(tmp / "project"), "project_name": "shop"},
+        "agent": {"state_dir": str(tmp / "state"), "settle_seconds": 0.0,
+                  "health_timeout_seconds": 2.0, "host": host},
+        "report": {"github": github},
+    })
+    return Reconciler(cfg, source=source, engine=engine,
+                      compose=FakeCompose(engine, model={"web": {}}), gates=build_gates(cfg),
+                      sleep=lambda _s: None)
+
+
+def test_statuses_from_another_login_neither_release_nor_halt_a_wave(
+        gh: FakeGitHub, tmp_path: Path) -> None:
+    gh.logins["tok"] = "fleet-bot"  # the hosts' report token
+    engine = FakeEngine()
+    for d in (V1, V2):
+        engine.publish(WEB, d, HEALTHY)
+    source = FakeSource()
+    rec = gated_reconciler(tmp_path, gh, "prod-1", source, engine)
+    rev = source.commit(desired(V1, ROLLOUT))
+    # a CI job with statuses: write posts the canary's success: it does not release prod
+    gh.add_status(rev, "deploy/canary-1", "success", creator="github-actions[bot]")
+    with capture_logs() as logs:
+        r = rec.run_pass()
+    assert r.outcome == "held" and engine.pulls == []
+    ignored = [e for e in logs if e["event"] == "agent.fleet.statuses_ignored"]
+    assert ignored and ignored[0]["creators"] == ["github-actions[bot]"]
+    gh.add_status(rev, "deploy/canary-1", "success", creator="fleet-bot")
+    assert rec.run_pass().outcome == "applied"
+    # nor can it halt one: a failure from another login on the next revision is not counted
+    nxt = source.commit(desired(V2, ROLLOUT))
+    gh.add_status(nxt, "deploy/canary-1", "success", creator="fleet-bot")
+    gh.add_status(nxt, "deploy/eu-9", "failure", creator="mallory")
+    assert rec.run_pass().outcome == "applied"
+    assert {c.digest for c in engine.of("web") if c.status == "running"} == {V2}
+    assert gh.count("user") == 1  # whose the token is: asked once per process
+
+
+def test_trusted_creators_in_the_config_replace_the_tokens_own_login(
+        gh: FakeGitHub, tmp_path: Path) -> None:
+    engine = FakeEngine()
+    engine.publish(WEB, V1, HEALTHY)
+    source = FakeSource()
+    rec = gated_reconciler(tmp_path, gh, "prod-1", source, engine,
+                           trusted=["canary-host-bot"])
+    rev = source.commit(desired(V1, ROLLOUT))
+    gh.add_status(rev, "deploy/canary-1", "success")  # as the default login: not listed
+    assert rec.run_pass().outcome == "held"
+    gh.add_status(rev, "deploy/canary-1", "success", creator="canary-host-bot")
+    assert rec.run_pass().outcome == "applied"
+    assert gh.count("user") == 0
