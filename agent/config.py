@@ -98,6 +98,13 @@ def url_credentials_problem(url: str) -> str | None:
     """Why ``url`` must not be used as it is (it carries credentials), or None. The message
     never repeats the URL: it is a secret."""
     parts = _split_url(url)
+    if parts is not None and parts.scheme and (parts.query or "?" in url):
+        # ?access_token=..., ?private_token=...: the same secret in another place
+        return (
+            "the URL has a query string (?...), where tokens go: it would be on every "
+            "git command line and in logs: remove it from the URL and put the token in "
+            "source.token_file"
+        )
     if parts is None or "@" not in parts.netloc:
         return None
     userinfo = parts.netloc.rsplit("@", 1)[0]
@@ -354,6 +361,9 @@ class GitHubReportConfig(_Strict):
     def _https(cls, v: str) -> str:
         from urllib.parse import urlsplit
 
+        problem = url_credentials_problem(v)
+        if problem:
+            raise ValueError(problem.replace("source.token_file", "report.github.token_file"))
         u = urlsplit(v)
         if u.scheme == "https" and u.hostname:
             return v.rstrip("/")

@@ -55,6 +55,32 @@ def test_repo_url_with_credentials_is_a_config_error_that_does_not_repeat_them(t
     assert TOKEN not in str(ei.value)
 
 
+@pytest.mark.parametrize("field,url", [
+    ("repo", f"https://gitlab.example.com/acme/shop.git?private_token={TOKEN}"),
+    ("repo", f"https://git.example.com/shop.git?access_token={TOKEN}"),
+    ("api_url", f"https://ghe.example.com/api/v3?access_token={TOKEN}"),
+])
+def test_a_token_in_the_urls_query_string_is_refused_like_user_token_at(tmp_path, field, url):
+    source = {"repo": url} if field == "repo" else {
+        "kind": "github", "repo": "acme/shop", "api_url": url}
+    with pytest.raises(ConfigError) as ei:
+        parse_config(_cfg(source, tmp_path))
+    [problem] = ei.value.problems
+    assert problem.startswith(f"At 'source.{field}': the URL has a query string")
+    assert TOKEN not in str(ei.value)
+
+
+def test_a_token_in_the_report_api_urls_query_string_is_refused(tmp_path):
+    token = tmp_path / "t"
+    cfg = _cfg({"repo": "https://github.com/acme/shop.git"}, tmp_path)
+    cfg["report"] = {"github": {"repo": "acme/shop", "token_file": str(token),
+                                "api_url": f"https://api.github.com/?access_token={TOKEN}"}}
+    with pytest.raises(ConfigError) as ei:
+        parse_config(cfg)
+    assert str(ei.value).count("At 'report.github.api_url': the URL has a query string") == 1
+    assert TOKEN not in str(ei.value)
+
+
 @pytest.mark.parametrize("url", [
     "ssh://git@github.com/acme/shop.git", "git@github.com:acme/shop.git",
     "https://github.com/acme/shop.git", "/srv/repos/shop.git", "file:///srv/repos/shop.git",
