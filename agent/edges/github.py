@@ -315,7 +315,13 @@ class GitHubSource:
     # ------------------------------------------------------------------ fetch
     def fetch(self) -> Fetched:
         c = self._cache
-        wait = c.blocked_until - self._clock()
+        now = self._clock()
+        wait = c.blocked_until - now
+        if wait > MAX_RATE_LIMIT_WAIT:  # the clock stepped back inside this process
+            log.warning("agent.source.rate_limit_wait_capped", wait_seconds=round(wait),
+                        capped_to=MAX_RATE_LIMIT_WAIT)
+            c.blocked_until, wait = now + MAX_RATE_LIMIT_WAIT, MAX_RATE_LIMIT_WAIT
+            self._save_cache()
         if wait > 0:
             raise RateLimited(self._rate_limited_message(wait), retry_after_seconds=wait)
 

@@ -539,6 +539,27 @@ def test_a_stored_rate_limit_wait_is_capped_when_loaded(gh, tmp_path, token_file
     assert make_source(tmp_path, gh, token_file, clock=clock).fetch().content == V1
 
 
+def test_a_rate_limit_wait_is_capped_again_when_the_clock_steps_back_in_a_running_process(
+        gh, tmp_path, token_file):
+    gh.commit({PATH: V1})
+    clock = Clock()
+    src = make_source(tmp_path, gh, token_file, clock=clock)
+    src.fetch()
+    gh.rate_limit(status=429, seconds=600)
+    clock.now = time.time()
+    with pytest.raises(RateLimited):
+        src.fetch()
+    clock.now -= 10 * 365 * 86400  # NTP steps the clock back ten years under the daemon
+    with capture_logs() as logs, pytest.raises(RateLimited) as e:
+        src.fetch()
+    assert e.value.retry_after_seconds == 3600
+    assert [x["event"] for x in logs if x["event"].endswith("wait_capped")] == [
+        "agent.source.rate_limit_wait_capped"]
+    gh.clear_rate_limit()
+    clock.now += 3601
+    assert src.fetch().content == V1
+
+
 def test_cache_is_a_validated_model_and_a_bad_sha_in_it_is_ignored(gh, tmp_path, token_file):
     gh.commit({PATH: V1})
     make_source(tmp_path, gh, token_file).fetch()
