@@ -34,7 +34,13 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from agent.config import AgentConfig
-from agent.errors import AgentError, InvalidInput, NoRollbackTarget, StateWriteError
+from agent.errors import (
+    AgentError,
+    InvalidInput,
+    LockHeld,
+    NoRollbackTarget,
+    StateWriteError,
+)
 from agent.outcomes import PassResult
 from agent.ports import Gate, GateAnswer, GateQuestion
 from agent.reconcile import Reconciler
@@ -239,9 +245,32 @@ def perform_rollback(rec: Reconciler, to: str | None, user: str) -> RollbackRepo
 
 
 def lock_holder(state_dir: Path) -> int | None:
+    """The pid of the running daemon that holds the state lock, None when unknown. A
+    process that holds it without handling SIGHUP is a one-off command (``sync``, ``diff``):
+    SIGHUP would kill it half-way through a pass, so it is never signalled — LockHeld."""
+    pid: int | None = None
     with contextlib.suppress(OSError, ValueError):
-        return int((state_dir / LOCK_FILE).read_text().strip())
-    return None
+        pid = int((state_dir / LOCK_FILE).read_text().strip())
+    if pid is None:
+        return None
+    if not handles_sighup(pid):
+        raise LockHeld(
+            f"a one-off gitops-agent command (pid {pid}) holds {state_dir / LOCK_FILE}, "
+            "not the daemon: try again when it ends")
+    return pid
+
+
+def handles_sighup(pid: int) -> bool:
+    """Whether ``pid`` catches SIGHUP (the daemon's "pass now"), from the SigCgt mask in
+    /proc/<pid>/status. A process that is gone or unreadable does not."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGHUP - 1) & 1)
+    return False
 
 
 def ask_daemon(state_dir: Path, pid: int, to: str | None, user: str, timeout: float,
@@ -252,8 +281,11 @@ def ask_daemon(state_dir: Path, pid: int, to: str | None, user: str, timeout: fl
     result_path = state_dir / ROLLBACK_RESULT
     with contextlib.suppress(FileNotFoundError):
         result_path.unlink()
+    # the request expires with this command's wait: a daemon restarted hours later must
+    # not perform a rollback nobody is waiting for any more
     write_atomic(state_dir / ROLLBACK_REQUEST,
-                 json.dumps({"id": rid, "to": to, "user": user}).encode())
+                 json.dumps({"id": rid, "to": to, "user": user,
+                             "expires_at": time.time() + timeout}).encode())
     try:
         os.kill(pid, signal.SIGHUP)
     except OSError as e:
@@ -268,8 +300,16 @@ def ask_daemon(state_dir: Path, pid: int, to: str | None, user: str, timeout: fl
                     raise NoRollbackTarget(f"the running agent (pid {pid})", [str(doc["error"])])
                 return RollbackReport(**doc["report"])
         time.sleep(poll)
+    withdraw_request(state_dir, rid)
     raise StateWriteError(f"the agent (pid {pid}) did not perform the rollback within "
-                          f"{timeout:.0f}s; the request stays in {state_dir / ROLLBACK_REQUEST}")
+                          f"{timeout:.0f}s; the request was withdrawn: nothing was rolled back")
+
+
+def withdraw_request(state_dir: Path, rid: str) -> None:
+    path = state_dir / ROLLBACK_REQUEST
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        if json.loads(path.read_bytes()).get("id") == rid:
+            path.unlink()
 
 
 def take_request(state_dir: Path) -> dict[str, Any] | None:
@@ -283,7 +323,14 @@ def take_request(state_dir: Path) -> dict[str, Any] | None:
         doc = None
     with contextlib.suppress(OSError):
         path.unlink()
-    return doc if isinstance(doc, dict) else None
+    if not isinstance(doc, dict):
+        return None
+    expires = doc.get("expires_at")
+    if not isinstance(expires, int | float) or expires < time.time():
+        log.warning("agent.rollback.request_expired", user=str(doc.get("user")),
+                    message="a rollback request nobody waits for any more: not performed")
+        return None
+    return doc
 
 
 def daemon_pass(rec: Reconciler, state_dir: Path) -> PassResult | None:

@@ -5,6 +5,11 @@ releases (no source), image retention. The e2e suite proves the same on the real
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,10 +31,11 @@ from structlog.testing import capture_logs
 
 from agent import controls, health, retention
 from agent.config import parse_config
-from agent.errors import ConfigError, InvalidInput, NoRollbackTarget
+from agent.errors import ConfigError, InvalidInput, LockHeld, NoRollbackTarget, StateWriteError
 from agent.outcomes import PassResult
 from agent.ports import GateQuestion
 from agent.reconcile import Reconciler
+from agent.state import LOCK_FILE
 from agent.windows import next_opening, parse_window, zone
 
 REG = "registry.test:5000"
@@ -293,7 +299,7 @@ def test_a_rollback_target_that_is_unhealthy_is_rolled_back_and_not_frozen(
 def test_the_daemon_serves_a_rollback_request_at_its_next_pass(world: World) -> None:
     r1, _ = _releases(world, V[1], V[2])
     (world.state_dir / controls.ROLLBACK_REQUEST).write_text(
-        json.dumps({"id": "abc", "to": None, "user": "erin"}))
+        json.dumps({"id": "abc", "to": None, "user": "erin", "expires_at": time.time() + 60}))
     result = controls.daemon_pass(world.rec, world.state_dir)
     assert result is not None and (result.outcome, result.revision) == ("applied", r1)
     doc = json.loads((world.state_dir / controls.ROLLBACK_RESULT).read_text())
@@ -302,6 +308,47 @@ def test_the_daemon_serves_a_rollback_request_at_its_next_pass(world: World) -> 
     # no request: an ordinary pass (frozen now)
     again = controls.daemon_pass(world.rec, world.state_dir)
     assert again is not None and again.outcome == "frozen"
+
+
+def test_an_expired_rollback_request_is_not_performed(world: World) -> None:
+    _releases(world, V[1], V[2])
+    (world.state_dir / controls.ROLLBACK_REQUEST).write_text(
+        json.dumps({"id": "old", "to": None, "user": "erin", "expires_at": time.time() - 1}))
+    with capture_logs() as logs:
+        result = controls.daemon_pass(world.rec, world.state_dir)
+    assert result is not None and result.outcome == "no-op"  # an ordinary pass
+    assert world.running("web") == {V[2]}
+    assert "agent.rollback.request_expired" in [e["event"] for e in logs]
+    assert not (world.state_dir / controls.ROLLBACK_REQUEST).exists()
+
+
+def test_rollback_never_signals_a_one_off_command_holding_the_lock(tmp_path: Path) -> None:
+    # a process that holds the lock without handling SIGHUP: a sync, which SIGHUP would kill
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / LOCK_FILE).write_text(f"{child.pid}\n")
+        with pytest.raises(LockHeld, match=rf"one-off gitops-agent command \(pid {child.pid}\)"):
+            controls.lock_holder(tmp_path)
+        assert child.poll() is None  # not signalled
+    finally:
+        child.kill()
+        child.wait()
+    (tmp_path / LOCK_FILE).write_text(f"{os.getpid()}\n")
+    old = signal.signal(signal.SIGHUP, lambda *_: None)  # as the daemon does
+    try:
+        assert controls.lock_holder(tmp_path) == os.getpid()
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+def test_a_rollback_request_nobody_served_is_withdrawn(tmp_path: Path) -> None:
+    old = signal.signal(signal.SIGHUP, lambda *_: None)
+    try:
+        with pytest.raises(StateWriteError, match="withdrawn: nothing was rolled back"):
+            controls.ask_daemon(tmp_path, os.getpid(), None, "erin", timeout=0.3, poll=0.05)
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    assert not (tmp_path / controls.ROLLBACK_REQUEST).exists()
 
 
 # ------------------------------------------------------------------ retention
