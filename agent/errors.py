@@ -3,7 +3,8 @@
 Errors are sorted by *kind*, as Flux's controllers do, because the kind decides what
 happens next:
 
-* ``InvalidInput`` (config, desired-state, compose file): *stalled*. Nothing is touched and
+* ``InvalidInput`` (config, desired-state, compose file; a git host that refuses:
+  ``SourceRefused``/``SourceNotFound``): *stalled*. Nothing is touched and
   the revision is not retried until it changes. Exit code 2.
 * ``TransientError`` (source or registry unreachable, Docker engine restarting): retried
   with backoff; never marks a revision failed. Exit code 3 when the pass could not even learn
@@ -57,6 +58,22 @@ class ComposeFileError(InvalidInput):
 class StackFilesError(InvalidInput):
     """The compose project's files in the repository (``compose.from_repo``) cannot be
     deployed: missing, too large, not plain files, or their path is taken by a local file."""
+
+
+class SourceRefused(InvalidInput):
+    """The git host answered and refused: the repository or the branch does not exist, or
+    the credentials (token, SSH key) are refused. Retrying the same configuration cannot
+    help -- a person must fix ``source.*`` -- so it is stalled (exit 2), never retried.
+    ``source`` names the setting to fix; ``stderr`` is git's whole (redacted) output."""
+
+    def __init__(self, source: str, problems: Sequence[str], *, stderr: str = "") -> None:
+        self.stderr = stderr
+        super().__init__(source, problems)
+
+
+class SourceNotFound(SourceRefused):
+    """The repository (``source.repo``) or the branch (``source.branch``) does not exist,
+    or the credentials cannot see it."""
 
 
 class UntrustedRevision(InvalidInput):
@@ -156,7 +173,19 @@ class ComposeError(CommandError):
 
 
 class GitError(CommandError):
-    """``git`` failed."""
+    """``git`` failed. The message carries git's whole stderr (one line: its lines joined
+    with `` | ``), not only its last line: git puts the cause first ("ERROR: Repository not
+    found.") and generic advice last."""
+
+    def __init__(self, command: Sequence[str], returncode: int, stderr: str) -> None:
+        super().__init__(command, returncode, stderr)
+        whole = one_line(stderr) or "(no output)"
+        Exception.__init__(self, f"{self.command[0]} exited {returncode}: {whole}")
+
+
+def one_line(text: str) -> str:
+    """A tool's multi-line output as one line: non-empty lines stripped, joined by `` | ``."""
+    return " | ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 # --------------------------------------------------------------------------- environment

@@ -20,6 +20,7 @@ from agent.errors import (
     RegistryAuthError,
     RegistryUnavailable,
     ReleaseFailed,
+    SourceRefused,
     SourceUnavailable,
     TransientError,
     Unhealthy,
@@ -46,6 +47,10 @@ class Disposition:
 
 # Most specific first; the first row whose kind matches decides.
 TABLE: tuple[tuple[type[BaseException], Disposition], ...] = (
+    # the git host refused (no such repository or branch, credentials refused): stalled
+    # like invalid input -- never retried by the retry policy (not transient); a person
+    # fixes source.* and the next pass (or a restart) picks it up
+    (SourceRefused, Disposition("invalid", EXIT_INVALID)),
     # invalid input is stalled: nothing touched, not retried until the revision changes
     (InvalidInput, Disposition("invalid", EXIT_INVALID)),
     # the release ran and did not become healthy, or compose could not apply it

@@ -358,7 +358,10 @@ class Reconciler:
         except TransientError as e:
             log.error("agent.fetch.failed", source=self.source.describe(), error=str(e))
             raise
-        log.info("agent.fetch.done", revision=fetched.revision, source=self.source.describe())
+        # the revision last attempted again: nothing new, debug (an idle poll stays quiet)
+        seen = state.last_attempted.revision if state.last_attempted else None
+        (log.debug if fetched.revision == seen else log.info)(
+            "agent.fetch.done", revision=fetched.revision, source=self.source.describe())
         if fetched.went_backwards:
             previous = state.last_attempted.revision if state.last_attempted else None
             log.warning(
@@ -428,7 +431,8 @@ class Reconciler:
         hashes = self._config_hashes(loaded, target)
         plan = self._because(loaded.stack,
                              make_plan(rev, target, observed, state.known_good, hashes))
-        log.info(
+        seen = state.last_attempted.revision if state.last_attempted else None
+        (log.debug if plan.is_noop and rev == seen else log.info)(
             "agent.diff",
             revision=rev,
             changes=[f"{c.service}: {_short(c.old)} -> {_short(c.new)}" for c in plan.changes],
@@ -855,7 +859,13 @@ class Reconciler:
         disp = disposition(e)
         event = {"invalid": "agent.desired.invalid", "error": "agent.pass.error"}.get(
             disp.outcome, "agent.release.not_applied")
-        log.error(event, outcome=disp.outcome, error=str(e), kind=type(e).__name__)
+        # the same error as the pass before (a stalled revision, a refusing git host polled
+        # again): reported once, at its first pass; repeats are debug until it changes
+        last = state.last_attempted
+        again = (last is not None and last.outcome == disp.outcome and last.reason == str(e)
+                 and last.revision == run.revision)
+        (log.debug if again else log.error)(
+            event, outcome=disp.outcome, error=str(e), kind=type(e).__name__)
         if disp.mark_failed and run.revision is not None:
             state.mark_failed(run.revision, str(e))
         return run.result(disp.outcome, reason=str(e), error=e)
@@ -866,6 +876,7 @@ class Reconciler:
         now = utcnow()
         if not (keep_intent or result.keep_intent):
             state.in_flight = None
+        previous = state.last_attempted
         state.last_attempted = RevisionRecord(
             revision=result.revision, at=now, outcome=result.outcome, reason=result.reason)
         if result.outcome == "applied" or (result.outcome == "no-op" and (
@@ -884,7 +895,14 @@ class Reconciler:
             log.error("agent.state.write_failed", error=str(e))
             if result.error is None:
                 result.error = e
-        log.info(
+        # nothing changed since the pass before (the same no-op, the same stalled error):
+        # debug, so an idle agent's journal stays quiet; info whenever something differs
+        unchanged = (previous is not None and not result.changes
+                     and previous.outcome == result.outcome
+                     and previous.revision == result.revision
+                     and previous.reason == result.reason
+                     and result.outcome in ("no-op", "invalid"))
+        (log.debug if unchanged else log.info)(
             "agent.pass.completed",
             outcome=result.outcome,
             revision=result.revision,

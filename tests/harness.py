@@ -125,8 +125,9 @@ class AgentProcess:
         import threading
 
         self.proc = subprocess.Popen(
+            # debug: tests follow every pass, the idle ones too (logged at debug)
             [sys.executable, "-m", "agent", "--config", str(config), "--log-format", "json",
-             *(args or ("run",))],
+             "--log-level", "debug", *(args or ("run",))],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
             env={**os.environ, "GITOPS_AGENT_FAST_RETRY": "1", **(env or {})},
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shlex
 import subprocess
 from collections.abc import Sequence
@@ -18,10 +19,13 @@ from agent.errors import (
     ConfigError,
     DesiredStateError,
     GitError,
+    SourceNotFound,
+    SourceRefused,
     SourceUnavailable,
     StackFilesError,
+    one_line,
 )
-from agent.log import redact_text
+from agent.log import redact_text, register_secret
 from agent.secrets import trusted_copy
 from agent.stack import TreeEntry, select_files
 
@@ -57,6 +61,8 @@ def token_auth_env(repo: str, token: str) -> dict[str, str]:
                           [f"a token needs an https URL; {redact_text(repo)} is not one"])
     scope = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/"
     basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
+    register_secret(token)
+    register_secret(basic)  # git may echo the header (GIT_TRACE_CURL, errors)
     return {
         "GIT_CONFIG_COUNT": "1",
         "GIT_CONFIG_KEY_0": f"http.{scope}.extraHeader",
@@ -144,12 +150,12 @@ class GitSource:
             cwd=self.mirror, env=self._fetch_env(), timeout=self.timeout, check=False,
         )
         if proc.returncode != 0:
-            err = redact_text(proc.stderr.decode(errors="replace")).strip()
-            last = err.splitlines()[-1] if err else f"exit {proc.returncode}"
-            raise SourceUnavailable(f"git fetch of {self.describe()} failed: {last}")
+            raise self._fetch_error(proc.returncode, proc.stderr.decode(errors="replace"))
         rev = self.head()
         if rev is None:
-            raise SourceUnavailable(f"branch {self.branch!r} not found in {redact_text(self.repo)}")
+            raise SourceNotFound("source.branch", [
+                f"branch {self.branch!r} not found in {redact_text(self.repo)}: "
+                "check source.branch"])
         went_backwards = False
         if before is not None and before != rev:
             went_backwards = self.is_ancestor(rev, before)
@@ -158,6 +164,27 @@ class GitSource:
         content = self._read_file(rev) if trust_error is None else b""
         return Fetched(revision=rev, content=content, path=self.path,
                        went_backwards=went_backwards, trust_error=trust_error)
+
+    def _fetch_error(self, returncode: int, stderr: str) -> SourceRefused | SourceUnavailable:
+        """What a failed ``git fetch`` means, from git's whole stderr (redacted): the host
+        refused (no such repository or branch, credentials refused) -- permanent, a
+        SourceRefused naming the setting to fix -- or anything else (unreachable, timed
+        out, 5xx), transient."""
+        err = redact_text(stderr).strip()
+        said = one_line(err) or f"exit {returncode}"
+        kind = classify_fetch_error(err)
+        if kind is None:
+            return SourceUnavailable(f"git fetch of {self.describe()} failed: {said}")
+        setting, cls, why = _REFUSALS[kind]
+        if kind == "auth":
+            if "GIT_CONFIG_COUNT" in self.env:
+                setting, why = "source.token_file", why + ": check the token in source.token_file"
+            elif "GIT_SSH_COMMAND" in self.env:
+                setting, why = "source.ssh_key_file", why + ": check source.ssh_key_file"
+            else:
+                why += ": set source.token_file (https) or source.ssh_key_file (ssh)"
+        return cls(setting, [f"git fetch of {self.describe()} refused: {why}; git said: {said}"],
+                   stderr=err)
 
     def _read_file(self, rev: str) -> bytes:
         """The desired-state file at ``rev``, refused from its size before it is read."""
@@ -261,6 +288,39 @@ REMOTE = "origin"
 BLOB_FILTER = f"blob:limit={MAX_BYTES + 1}"
 # newer git (2.44+) honours this; older git fails the lazy fetch because "origin" has no URL
 NO_LAZY_FETCH = {"GIT_NO_LAZY_FETCH": "1"}
+
+
+# What git prints when the host answered and refused; matched on the whole stderr (the cause
+# comes first, generic advice -- "Could not read from remote repository" -- last, and that
+# advice is printed for unreachable hosts too, so it decides nothing).
+_FETCH_REFUSALS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("branch", re.compile(r"couldn't find remote ref|remote branch \S+ not found"
+                          r"|no such branch", re.I)),
+    ("repo", re.compile(r"repository not found|repository '[^']*' not found"
+                        r"|does not appear to be a git repository"
+                        r"|requested URL returned error: 404|no such repository", re.I)),
+    ("auth", re.compile(r"permission denied \(publickey|authentication failed"
+                        r"|requested URL returned error: 40[13]"
+                        r"|could not read (username|password)|invalid username or password"
+                        r"|host key verification failed", re.I)),
+)
+_REFUSALS: dict[str, tuple[str, type[SourceRefused], str]] = {
+    "branch": ("source.branch", SourceNotFound,
+               "the branch does not exist in the repository: check source.branch"),
+    "repo": ("source.repo", SourceNotFound,
+             "the repository does not exist, or the credentials cannot see it: check "
+             "source.repo and the token or key's access"),
+    "auth": ("source.repo", SourceRefused, "the host refused the credentials"),
+}
+
+
+def classify_fetch_error(stderr: str) -> str | None:
+    """``branch``, ``repo`` or ``auth`` when git's stderr says the host refused; None for
+    anything else (network, timeout, server error: transient)."""
+    for kind, pattern in _FETCH_REFUSALS:
+        if pattern.search(stderr):
+            return kind
+    return None
 
 
 def _is_local(repo: str) -> bool:

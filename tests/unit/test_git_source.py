@@ -9,7 +9,7 @@ from git_http_server import GitHTTPServer
 from structlog.testing import capture_logs
 
 from agent.edges.git import GitSource
-from agent.errors import ConfigError, DesiredStateError, SourceUnavailable
+from agent.errors import ConfigError, DesiredStateError, SourceRefused, SourceUnavailable
 
 TOKEN = "ghp_gitHttpTokenNeverLogged_0123456789"
 
@@ -70,7 +70,7 @@ def test_https_token_is_sent_as_a_header_never_on_the_command_line_or_in_logs(or
         # a wrong token: the same server refuses, with a clear, secret-free error
         wrong = "ghp_wrongTokenAlsoNeverShown_987654321"
         bad = GitSource(url, "main", "desired-state.yml", tmp_path / "mirror2", token=wrong)
-        with pytest.raises(SourceUnavailable) as e:
+        with pytest.raises(SourceRefused) as e:  # permanent: tests/unit/test_git_errors.py
             bad.fetch()
         assert "git fetch of" in str(e.value)
         assert wrong not in str(e.value) and TOKEN not in str(e.value)
