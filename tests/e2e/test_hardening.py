@@ -8,8 +8,12 @@ import gzip
 import hashlib
 import io
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
+import sysconfig
 import tarfile
 from pathlib import Path
 
@@ -125,8 +129,70 @@ def test_digest_for_another_platform_fails_naming_both_platforms_and_touches_not
     assert again.find("agent.pull.started") == []
 
 
+def _world_readable(path: Path) -> None:
+    """``path`` and every directory above it traversable and readable by anyone (pytest's
+    basetemp is 0700)."""
+    for p in (path, *path.parents):
+        mode = p.stat().st_mode
+        if mode & 0o005 != 0o005:
+            p.chmod(stat.S_IMODE(mode) | 0o755)
+
+
+# a probe run as nobody imports these: the agent's package and what it imports from the venv
+_PROBE_IMPORTS = "agent.edges.docker, agent.outcomes"
+_LISTER = f"""
+import json, sys, sysconfig
+import {_PROBE_IMPORTS}
+roots = [sys.argv[1], sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+tops = set()
+for name, mod in list(sys.modules.items()):
+    f = getattr(mod, "__file__", None) or ""
+    for root in roots:
+        if f.startswith(root.rstrip("/") + "/"):
+            rel = f[len(root.rstrip("/")) + 1:]
+            tops.add((root, rel.split("/", 1)[0]))
+print(json.dumps(sorted(tops)))
+"""
+
+
+def _copy_for_nobody(tmp_path: Path) -> tuple[str, Path]:
+    """What a probe run as nobody needs, copied where nobody can read it: the checkout (and
+    its venv) may be private (a 0700 clone). Returns an interpreter nobody can run (the
+    same Python minor version, outside any private directory) and the PYTHONPATH to use."""
+    lib = tmp_path / "nobody-lib"
+    lib.mkdir()
+    tops = json.loads(subprocess.run(
+        [sys.executable, "-c", _LISTER, str(REPO_ROOT)], capture_output=True, text=True,
+        check=True, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO_ROOT)},
+    ).stdout)
+    for root, top in tops:
+        src = Path(root) / top
+        if src.is_dir():
+            shutil.copytree(src, lib / top, dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, lib / top)
+    for info in Path(sysconfig.get_paths()["purelib"]).glob("*.dist-info"):
+        shutil.copytree(info, lib / info.name, dirs_exist_ok=True)  # importlib.metadata
+    _world_readable(lib)
+    for d in lib.rglob("*"):
+        d.chmod(0o755 if d.is_dir() else 0o644)
+    want = f"{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [sys.executable, os.path.realpath(sys.executable),
+                  getattr(sys, "_base_executable", ""),
+                  shutil.which(f"python{want}", path="/usr/local/bin:/usr/bin:/bin") or ""]
+    for exe in filter(None, candidates):
+        p = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--", exe,
+             "-I", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False)
+        if p.returncode == 0 and p.stdout.strip() == want:
+            return exe, lib
+    raise AssertionError(f"no python{want} that uid {NOBODY} can run: tried {candidates}")
+
+
 def test_docker_socket_permission_denied_is_an_environment_error_not_docker_login(
-        registry, images):
+        registry, images, tmp_path):
     """The real engine's socket (root:docker 0660), used by a user outside its group."""
     probe = (
         "import sys\n"
@@ -140,11 +206,14 @@ def test_docker_socket_permission_denied_is_an_environment_error_not_docker_logi
         "    except Exception as e:\n"
         "        print(call, type(e).__name__, exit_code('error', e), e)\n"
     )
+    # nobody cannot read a private checkout: the probe runs from a world-readable copy
+    python, lib = _copy_for_nobody(tmp_path)
     p = subprocess.run(
         ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "--",
-         sys.executable, "-c", probe],
-        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT,
-        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": str(REPO_ROOT)},
+         python, "-c", probe],
+        capture_output=True, text=True, timeout=60, cwd=lib,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "PYTHONPATH": str(lib),
+             "PYTHONNOUSERSITE": "1"},
     )
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
