@@ -8,13 +8,14 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from agent.errors import ComposeError, ComposeFileError, ComposeMissing
+from agent.errors import ComposeError, ComposeFileError, ComposeMissing, StateWriteError
 from agent.log import redact_text
 from agent.staging import env_files, pinned, rewrite, with_labels
 from agent.state import write_atomic
@@ -85,6 +86,13 @@ class Compose:
         self._cache: tuple[tuple[tuple[str, int, int], ...], dict[str, Any]] | None = None
         self._all_cache: tuple[tuple[tuple[str, int, int], ...], dict[str, Any]] | None = None
         self._hash_cache: tuple[Any, dict[str, str]] | None = None
+        # where the pins went when state_dir refused them (a full or read-only disk): a
+        # private temp file this process reads until state_dir takes writes again
+        self._spare: Path | None = None
+
+    @property
+    def override_in_use(self) -> Path | None:
+        return self._spare or self.override
 
     def _base(self, with_override: bool = True, profiles: Sequence[str] | None = None) -> list[str]:
         args = [*self.command, "--project-name", self.project_name,
@@ -93,8 +101,9 @@ class Compose:
             args += ["--profile", profile]
         for f in self.files:
             args += ["--file", str(f)]
-        if with_override and self.override is not None and self.override.exists():
-            args += ["--file", str(self.override)]
+        over = self.override_in_use
+        if with_override and over is not None and over.exists():
+            args += ["--file", str(over)]
         return args
 
     def _run(self, args: list[str], *, timeout: float | None = None,
@@ -272,7 +281,30 @@ class Compose:
         crash leaves the old pins or the new ones."""
         if self.override is None:
             raise ValueError("this compose project has no override file")
-        write_atomic(self.override, render_override(dict(images), labels))
+        data = render_override(dict(images), labels)
+        try:
+            write_atomic(self.override, data)
+        except StateWriteError as e:
+            # a rollback must still reach the containers when state_dir takes no writes
+            self._write_spare(data, e)
+            return
+        if self._spare is not None:
+            self._spare.unlink(missing_ok=True)
+            self._spare = None
+
+    def _write_spare(self, data: bytes, cause: StateWriteError) -> None:
+        try:
+            fd, name = tempfile.mkstemp(prefix="gitops-agent-override-", suffix=".json")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        except OSError:
+            raise cause from None
+        if self._spare is not None:
+            self._spare.unlink(missing_ok=True)
+        self._spare = Path(name)
+        log.warning("agent.compose.override_elsewhere", path=name, error=str(cause),
+                    message="state_dir refused the pins; compose reads them from a private "
+                            "temp file until state_dir takes writes again")
 
     def remove(self, services: Sequence[str]) -> None:
         """Stop and remove the containers of ``services`` (a service that had no previous

@@ -230,8 +230,9 @@ class SwarmStack(Compose):
                 "--resolve-image", "never"]
         for f in self.files:
             args += ["--compose-file", str(f)]
-        if self.override is not None and self.override.exists():
-            args += ["--compose-file", str(self.override)]
+        over = self.override_in_use
+        if over is not None and over.exists():
+            args += ["--compose-file", str(over)]
         self._docker([*args, "--", self.project_name])
 
     def remove(self, services: Sequence[str]) -> None:

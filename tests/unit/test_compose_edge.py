@@ -88,3 +88,24 @@ def test_service_names_follow_a_double_dash_so_none_can_become_an_option(fake_co
     up, rm = calls()[-2:]
     assert up[up.index("--"):] == ["--", "--help", "web"] and "up" in up[:up.index("--")]
     assert rm[rm.index("--"):] == ["--", "-v", "web"] and "rm" in rm[:rm.index("--")]
+
+
+def test_pins_still_reach_compose_when_state_dir_refuses_every_write(fake_compose):
+    """A full or broken state_dir after the intent: the rollback's pins go to a private
+    temp file compose reads, so the containers are still undone; back to state_dir after."""
+    compose, calls, root = fake_compose
+    compose.override = root / "state" / "override.json"
+    compose.override.parent.mkdir()
+    compose.pin({"web": "reg/web@sha256:" + "1" * 64})
+    compose.override.unlink()
+    compose.override.mkdir()  # the rename onto it fails, as on a full disk (root or not)
+    compose.pin({"web": "reg/web@sha256:" + "2" * 64})
+    spare = compose.override_in_use
+    assert spare is not None and spare != compose.override
+    assert "2" * 64 in spare.read_text() and spare.stat().st_mode & 0o077 == 0
+    compose.up(["web"], pull="never")
+    assert ["--file", str(spare)] == calls()[-1][6:8]
+    compose.override.rmdir()  # state_dir takes writes again
+    compose.pin({"web": "reg/web@sha256:" + "3" * 64})
+    assert compose.override_in_use == compose.override and not spare.exists()
+    assert "3" * 64 in compose.override.read_text()
