@@ -351,6 +351,9 @@ class GitHubReportConfig(_Strict):
     token_file: Path
     context: str = Field(default="deploy/{host}", min_length=1, max_length=100)
     timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 5.0
+    # post ``pending`` when a release starts, as well as its verdict: off by default, it
+    # doubles the statuses a fleet spends of GitHub's content-creation limit (BENCHMARKS)
+    post_pending: bool = False
     # whose deploy statuses count for rollout waves: GitHub logins; default (None) the
     # login of token_file's own token — a CI job or a branch workflow with statuses:write
     # posts as another login and can neither release nor halt a wave
@@ -402,6 +405,27 @@ class MetricsConfig(_Strict):
         return v
 
 
+class WebhookConfig(_Strict):
+    """``[webhook]``: a signed push from the git host starts a pass at once (polling stays
+    the fallback). ``kind`` says how requests are signed: ``github`` (``X-Hub-Signature-256``
+    HMAC-SHA256), ``gitea`` (Gitea/Forgejo ``X-Gitea-Signature``/``X-Forgejo-Signature``
+    HMAC-SHA256) or ``gitlab`` (``X-Gitlab-Token``, compared in constant time); ``auto``
+    accepts any of them. The secret is read from ``secret_file`` (0600, never logged)."""
+
+    listen: str = "127.0.0.1:9300"
+    secret_file: Path
+    kind: Literal["auto", "github", "gitlab", "gitea"] = "auto"
+    # requests per minute from one source address before 429 (a flood costs no pass)
+    rate_limit_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 60
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        out = MetricsConfig._host_port(v)
+        assert out is not None
+        return out
+
+
 def _default_notify_on() -> list[NotifyEvent]:
     return ["rolled-back", "failed", "invalid", "stuck", "recovered"]
 
@@ -431,6 +455,7 @@ class AgentConfig(_Strict):
     report: ReportConfig = ReportConfig()
     metrics: MetricsConfig = MetricsConfig()
     notify: NotifyConfig | None = None
+    webhook: WebhookConfig | None = None
 
     @model_validator(mode="after")
     def _report_repo(self) -> AgentConfig:
@@ -510,6 +535,7 @@ _PATH_KEYS = {
     ("agent", "state_dir"),
     ("trust", "allowed_signers_file"),
     ("metrics", "textfile"),
+    ("webhook", "secret_file"),
 }
 
 
