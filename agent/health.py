@@ -19,7 +19,9 @@ from agent.plan import ObservedContainer
 
 log = structlog.get_logger()
 
-POLL_SECONDS = 0.25
+# One observe is one container list (~10 ms): polled at 0.1 s, a container is seen healthy
+# within 0.1 s of Docker's verdict (at 0.25 s the release paid ~0.15 s more on average)
+POLL_SECONDS = 0.1
 # A failure is confirmed for this long before it is the verdict: a daemon shutting down stops
 # the containers (they exit, often with code 0) a moment before its socket goes away, and
 # that must read as the engine going away, not as a bad release.

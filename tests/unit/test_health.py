@@ -171,7 +171,7 @@ def test_wait_healthy_settle_time_counts_from_first_seen_running():
     clock = FakeClock()
     obs = script({"web": [c("created")]}, {"web": [c("created")]}, {"web": [c()]})
     assert run(obs, clock, settle=5, timeout=60) is None
-    assert clock.t - 1000.0 >= 5 + 0.5  # two polls before it was running
+    assert clock.t - 1000.0 >= 5 + 2 * health.POLL_SECONDS  # two polls before it ran
 
 
 def test_wait_healthy_timeout_names_the_service_and_what_it_waited_for():
