@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint rig venv bench clean
+.PHONY: demo test lint docs rig venv bench clean
 
 $(BIN)/gitops-agent: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,7 +21,13 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: rig venv lint
+# The documentation site (mkdocs.yml, docs/): --strict fails on a broken link or anchor and
+# on a page missing from the nav. mkdocs is installed into the venv on first use.
+docs: venv
+	@test -x $(BIN)/mkdocs || $(BIN)/pip install --quiet mkdocs
+	$(BIN)/mkdocs build --strict --site-dir .site
+
+test: rig venv lint docs
 	$(BIN)/pytest
 
 demo: rig venv
@@ -31,4 +37,4 @@ bench: rig venv
 	$(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .site
