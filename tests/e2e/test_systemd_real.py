@@ -261,3 +261,22 @@ def test_unit_under_real_systemd_starts_deploys_reloads_logs_json_and_stops(harn
     # and `journalctl -u gitops-agent -o cat` shows them line by line, as they are
     cat = journal(c).splitlines()
     assert agent_lines and all(m in cat for m in agent_lines)
+    # each line carries its syslog priority (the `<N>` prefix journald strips): PRIORITY is
+    # the event's level, so `journalctl -p warning` shows the errors of a broken commit
+    # (started again on it), and no info line
+    bad = harness.commit("version: 1\nservices: [oops\n", "broken")
+    assert sh(c, "systemctl", "start", "gitops-agent")[0] == 0
+    wait_status(c, f"invalid at {bad[:12]}", timeout=60)
+    assert sh(c, "systemctl", "stop", "gitops-agent")[0] == 0
+    out = sh(c, "journalctl", "-u", "gitops-agent", "--no-pager", "-o", "json")[1]
+    mine = [e for e in map(json.loads, filter(str.strip, out.splitlines()))
+            if e.get("SYSLOG_IDENTIFIER") == "gitops-agent"]
+    prio = {"debug": "7", "info": "6", "warning": "4", "error": "3", "critical": "2"}
+    levels = [(json.loads(e["MESSAGE"])["level"], e["PRIORITY"]) for e in mine]
+    assert all(p == prio[level] for level, p in levels), levels
+    assert ("error", "3") in levels and ("info", "6") in levels
+    warned = sh(c, "journalctl", "-p", "warning", "-u", "gitops-agent", "--no-pager",
+                "-o", "cat")[1].splitlines()
+    assert "agent.desired.invalid" in "\n".join(warned), warned
+    assert [m for m in (e["MESSAGE"] for e in mine) if m in warned] == [
+        e["MESSAGE"] for e in mine if e["PRIORITY"] <= "4"]
