@@ -893,6 +893,10 @@ class Reconciler:
             self.store.save(state)
         except AgentError as e:
             log.error("agent.state.write_failed", error=str(e))
+            # the outcome stands (the containers are what it says); that it is not on
+            # record is part of what happened
+            result.reason = (f"{result.reason}; " if result.reason else "") + (
+                f"not recorded in state_dir: {e}")
             if result.error is None:
                 result.error = e
         # nothing changed since the pass before (the same no-op, the same stalled error):

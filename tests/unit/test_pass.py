@@ -441,6 +441,28 @@ def test_a_full_state_dir_after_the_intent_never_skips_the_rollback(
     assert rev in deployed.state()["failed_revisions"] or result.outcome != "applied"
 
 
+def test_when_every_write_after_the_intent_fails_the_rollback_still_runs_and_says_so(
+        deployed: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    deployed.release(BAD, V1, stop_first=("web",))
+    store = deployed.rec.store
+    real_save = store.save
+    saves = {"n": 0}
+
+    def save(state: Any) -> None:
+        saves["n"] += 1
+        if saves["n"] > 1:  # the intent is on disk; then the disk is full for good
+            raise StateWriteError("cannot write state.json: No space left on device")
+        real_save(state)
+
+    monkeypatch.setattr(store, "save", save)
+    result, logs = deployed.sync()
+    assert result.outcome == "rolled-back" and result.exit_code != 0
+    assert deployed.running("web") == {V1}
+    assert "not recorded in state_dir: cannot write state.json: No space left" in (
+        result.reason or "")
+    assert [e["event"] for e in logs].count("agent.state.write_failed") >= 2
+
+
 def test_an_unwritable_state_dir_refuses_to_act(deployed: World) -> None:
     deployed.release(V2, V1)
     state_dir = deployed.tmp / "state"
