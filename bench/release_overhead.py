@@ -11,7 +11,7 @@ target image removed from the engine first, in both arms:
 
 The agent runs with ``update: stop-first`` (the same operation as compose's recreate); a
 third arm in each round measures the agent's default, start-first (the new container beside
-the old one, ``handover_seconds`` = 5 before the old one stops) — zero downtime, at a price.
+the old one, ``handover_seconds`` = the default 2 s before the old one stops) — zero downtime, at a price.
 Rounds rotate which arm goes first. Prints the median a/b ratio of the pairs (target
 ≤ 1.05) and the agent's time by phase (from the pass record it writes to its history).
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     st.hand_pin({"web": web[target], "api": api})  # keep the hand pins in step
                 elif arm == "default":
                     # the agent's default update order: start-first (new container beside
-                    # the old, handover_seconds = 5 before the old one stops)
+                    # the old, handover_seconds = the default 2 s before the old one stops)
                     st.commit({"web": web[target], "api": api}, f"web {target}",
                               update="start-first")
                     t, rec = st.sync()
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           + f", unphased (state writes, record) {res['median_unphased_in_pass_s']:.3f}")
     print(f"median plain compose {res['median_hand_s']:.3f}s = pull "
           f"{res['median_hand_pull_s']:.3f}s + up --wait {res['median_hand_up_wait_s']:.3f}s")
-    print(f"agent default update order (start-first, handover 5 s): median "
+    print(f"agent default update order (start-first, handover 2 s): median "
           f"{res['median_default_s']:.3f}s = {res['median_default_ratio']:.2f}x compose "
           "(zero-downtime rollout, not the same operation as compose's recreate)")
     print(f"containers recreated per release: agent {res['agent_touched']}, "
