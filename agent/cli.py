@@ -21,9 +21,11 @@ from typing import TYPE_CHECKING
 from agent import log as agent_log
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
 from agent.errors import AgentError
-from agent.outcomes import EXIT_ENVIRONMENT, EXIT_OK, disposition
+from agent.outcomes import EXIT_ENVIRONMENT, EXIT_INVALID, EXIT_OK, disposition
+from agent.state import GATE_OUTCOMES
 
 if TYPE_CHECKING:
+    from agent.queries import DiffView, StatusView
     from agent.reconcile import Reconciler
 
 
@@ -48,17 +50,37 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sync", help="one reconcile pass")
     s.add_argument("--force", action="store_true", help="retry a revision that failed before")
 
-    s = sub.add_parser("status", help="desired vs running, health, last outcome")
-    s.add_argument("--json", action="store_true")
+    s = sub.add_parser(
+        "status", help="desired vs running, health, last outcome",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=STATUS_EPILOG)
+    s.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout (kind \"status\", version 1)")
 
-    sub.add_parser("diff", help="what a sync would change, changing nothing")
+    s = sub.add_parser("diff", help="what a sync would change, changing nothing",
+                       epilog="Exit codes: 0 (with --exit-code: a sync would change nothing), "
+                       "1 (with --exit-code only: a sync would change a container or a file), "
+                       "2 invalid input, 3 source unreachable, 4 state_dir.")
+    s.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout (kind \"diff\", version 1)")
+    s.add_argument("--exit-code", action="store_true",
+                   help="exit 1 when a sync would change something, 0 when not "
+                   "(like git diff --exit-code)")
 
     s = sub.add_parser(
-        "validate", help="validate a desired-state file (needs no agent config)",
+        "check-config", help="check the agent config and everything it points at "
+        "(changes nothing)",
+        epilog="Exit codes: 0 clean ('config OK: PATH'), 2 problems (each one line on "
+        "stderr: PATH: key: what).")
+
+    s = sub.add_parser(
+        "validate", help="validate a desired-state file (needs no agent config; with "
+        "--config, the agent config too, as check-config)",
         epilog="Exit codes: 0 valid (everything asked was checked), 2 invalid, 4 the "
         "desired-state file is valid but --compose files could not be checked (no compose "
         "binary).")
-    s.add_argument("file", type=Path, nargs="?", default=Path("desired-state.yml"))
+    s.add_argument("file", type=Path, nargs="?", default=None,
+                   help="default desired-state.yml (with --config and no file: the config "
+                   "only)")
     s.add_argument("--compose", type=Path, action="append", default=[], metavar="FILE",
                    help="check against the compose project of these files, as `docker "
                    "compose config` resolves it (repeatable, in order, like -f)")
@@ -69,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: the first compose file's directory")
 
     s = sub.add_parser("history", help="recorded passes, newest first")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true",
+                   help="one JSON object on stdout (kind \"history\", version 1)")
     s.add_argument("-n", type=int, default=20, help="how many (default 20)")
 
     sub.add_parser("run", help="the daemon: a pass every interval; SIGHUP for one now")
@@ -86,6 +109,49 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bump_parser(sub)
     return p
+
+
+STATUS_OK, STATUS_BEHIND, STATUS_ROLLED_BACK, STATUS_ENGINE_DOWN = 0, 1, 3, 5
+STATUS_EPILOG = """\
+Exit codes:
+  0  at the desired revision and healthy (or deliberately held there: frozen, outside a
+     deploy window, waiting for a rollout wave)
+  1  not at the desired revision, a managed service not healthy, or the last pass failed
+  2  the agent config is invalid
+  3  rolled back: the desired revision failed and the host runs the previous release
+  4  state_dir cannot be read, or the Docker socket refuses this user
+  5  the Docker engine is unreachable (the recorded last outcome is shown)
+Times are ISO 8601 UTC (2026-01-31T12:00:00Z)."""
+
+
+def iso(value: object) -> str:
+    """One timestamp format in all CLI output: ISO 8601, UTC, seconds, ``Z``."""
+    from datetime import UTC, datetime
+
+    if isinstance(value, str):
+        text = value
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            return text
+    if not isinstance(value, datetime):
+        return "-" if value is None else str(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_TIME_KEYS = ("at", "started_at", "target_at")
+
+
+def _times(doc: object) -> object:
+    """``doc`` with every timestamp (keys at, started_at) in :func:`iso` form."""
+    if isinstance(doc, dict):
+        return {k: (iso(v) if k in _TIME_KEYS and v is not None else _times(v))
+                for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_times(v) for v in doc]
+    return doc
 
 
 def _common_options(p: argparse.ArgumentParser, *, default: bool) -> None:
@@ -125,12 +191,21 @@ def config_path(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "validate":
+        args.file_given = args.file is not None
+        if args.file is None:
+            args.file = Path("desired-state.yml")
     if configure_logging:
         json_logs = {"auto": None, "json": True, "console": False}[args.log_format]
         agent_log.configure(json=json_logs, level=args.log_level)
     try:
+        if args.command == "check-config":
+            return cmd_check_config(config_path(args))
         if args.command == "validate":
-            return cmd_validate(args)
+            code = cmd_check_config(Path(args.config)) if args.config is not None else EXIT_OK
+            if args.config is not None and not args.file_given:
+                return code
+            return max(code, cmd_validate(args)) if code else cmd_validate(args)
         if args.command == "bump":
             from agent.bump_cli import cmd_bump
 
@@ -141,7 +216,7 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
         if args.command == "status":
             return cmd_status(cfg, as_json=args.json)
         if args.command == "diff":
-            return cmd_diff(cfg)
+            return cmd_diff(cfg, as_json=args.json, exit_code=args.exit_code)
         if args.command == "history":
             return cmd_history(cfg, as_json=args.json, n=args.n)
         if args.command in ("freeze", "unfreeze", "rollback"):
@@ -217,25 +292,78 @@ def _short(d: str | None) -> str:
     return "-" if not d else d.removeprefix("sha256:")[:12]
 
 
+def cmd_check_config(path: Path) -> int:
+    from agent.check_config import check_config, render
+
+    problems = check_config(path)
+    if not problems:
+        print(f"config OK: {path}")
+        return EXIT_OK
+    for line in render(path, problems):
+        print(line, file=sys.stderr)
+    return EXIT_INVALID
+
+
+def status_exit_code(view: StatusView) -> int:
+    """The status table (STATUS_EPILOG)."""
+    if view.engine_problem is not None:
+        return EXIT_ENVIRONMENT if view.engine_error == "LocalPermissionDenied" \
+            else STATUS_ENGINE_DOWN
+    managed = [s for s in view.services if s.desired is not None or s.known_good is not None]
+    last = view.last_attempted or {}
+    gated = last.get("outcome") in GATE_OUTCOMES and \
+        last.get("revision") == view.desired_revision
+    if view.rolled_back is not None:
+        ok = all(s.running == s.known_good and s.health in ("healthy", "running")
+                 for s in managed if s.known_good is not None)
+        return STATUS_ROLLED_BACK if ok else STATUS_BEHIND
+    if view.desired_revision is None or view.desired_problem:
+        return STATUS_BEHIND
+    for s in managed:
+        if gated and s.running is None:
+            continue  # held before its first release here
+        if s.health not in ("healthy", "running"):
+            return STATUS_BEHIND
+        if s.desired is not None and s.running != s.desired and not gated:
+            return STATUS_BEHIND
+    if last.get("outcome") in ("failed", "rolled-back", "invalid", "error", "degraded",
+                               "skipped"):
+        return STATUS_BEHIND
+    return STATUS_OK
+
+
 def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
     from agent import queries
 
     view = queries.status(_reconciler(cfg))
+    code = status_exit_code(view)
     if as_json:
-        print(json.dumps(view.to_json(), indent=2))
-        return EXIT_OK
+        doc = {"kind": "status", "version": 1, "exit_code": code,
+               **_times(view.to_json())}  # type: ignore[dict-item]
+        print(json.dumps(doc, indent=2))
+        return code
     files = (f"   files from {_short(view.files_revision)}"
              if view.files_revision is not None else "")
     print(f"project {view.project}   desired revision {_short(view.desired_revision)}{files}")
+    if view.engine_problem:
+        print(f"ENGINE UNREACHABLE: {view.engine_problem.splitlines()[0]}; running digests "
+              "and health unknown, the recorded outcome follows")
+    if view.rolled_back:
+        print(f"ROLLED BACK: rolled back from {view.rolled_back['from'][:12]}, running "
+              f"{view.rolled_back['running'][:12]}")
     if view.frozen:
-        print(f"FROZEN: {view.frozen['describe']} ('gitops-agent unfreeze' to resume)")
+        fr = view.frozen
+        text = (f"frozen by {fr['by']} at {iso(fr['at'])}: {fr['reason']}"
+                if fr.get("by") is not None else fr["describe"])
+        print(f"FROZEN: {text} ('gitops-agent unfreeze' to resume)")
     if view.desired_problem:
         print(f"  desired state: {view.desired_problem}")
     rows: list[tuple[str, ...]] = [("SERVICE", "DESIRED", "RUNNING", "HEALTH", "REPLICAS", "")]
     for s in view.services:
         note = "pinned" if s.pinned else ""
-        if s.desired and s.running != s.desired:
-            note = (note + " out-of-date").strip()
+        if s.desired and s.running != s.desired and not view.engine_problem:
+            back = view.rolled_back is not None and s.running == s.known_good
+            note = (note + (" rolled-back" if back else " out-of-date")).strip()
         if s.config_matches is False:
             note = (note + " config-differs").strip()
         rows.append((s.service, _short(s.desired), _short(s.running), s.health,
@@ -250,24 +378,47 @@ def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
         label = key.replace("_", " ")
         if v:
             reason = f" — {v['reason'].splitlines()[0]}" if v.get("reason") else ""
-            print(f"{label}: {_short(v['revision'])} {v['outcome']} at {v['at']}{reason}")
+            print(f"{label}: {_short(v['revision'])} {v['outcome']} at {iso(v['at'])}{reason}")
         else:
             print(f"{label}: never")
     if view.last_release:
         print(f"last release changed: {'; '.join(view.last_release)}")
     for t in view.rollback_targets:  # what `rollback` can return to from local images
-        print(f"rollback target on disk: {_short(t['revision'])} applied {t['at']}")
+        print(f"rollback target on disk: {_short(str(t['revision']))} applied {iso(t['at'])}")
     if view.wave is not None:
         print(f"rollout wave: {view.wave}")
-    return EXIT_OK
+    return code
 
 
-def cmd_diff(cfg: AgentConfig) -> int:
+def diff_json(view: DiffView) -> dict[str, object]:
+    """The documented ``diff --json`` object (kind "diff", version 1)."""
+    return {
+        "kind": "diff", "version": 1, "revision": view.revision, "origin": view.origin,
+        "failed_before": view.failed_before, "would_change": _would_change(view),
+        "changes": [{"service": c.service, "image": c.image, "old": c.old, "new": c.new,
+                     "config": view.config.get(c.service, []), "because": list(c.because)}
+                    for c in view.changes],
+        "unverified": list(view.unverified), "config_drift": list(view.config_drift),
+        "files_written": list(view.files_written), "files_removed": list(view.files_removed),
+    }
+
+
+def _would_change(view: DiffView) -> bool:
+    """A sync would recreate a container or write/remove a file (verifying a service that
+    already runs its target, or config drift the pass does not act on, changes nothing)."""
+    return bool(view.changes or view.files_written or view.files_removed)
+
+
+def cmd_diff(cfg: AgentConfig, *, as_json: bool = False, exit_code: bool = False) -> int:
     from agent import queries
     from agent.state import StateStore
 
     StateStore(cfg.agent.state_dir).ensure_dir()
     view = queries.diff(_reconciler(cfg))
+    code = 1 if exit_code and _would_change(view) else EXIT_OK
+    if as_json:
+        print(json.dumps(diff_json(view), indent=2))
+        return code
     note = " (failed before: not retried without --force)" if view.failed_before else ""
     if view.origin == "cached":
         note += " (as last fetched by the running agent)"
@@ -290,7 +441,7 @@ def cmd_diff(cfg: AgentConfig) -> int:
         print(f"- {f}: removed (git no longer has it)")
     for s in view.unverified:
         print(f"? {s}: running the target digest, not yet verified healthy")
-    return EXIT_OK
+    return code
 
 
 def cmd_history(cfg: AgentConfig, *, as_json: bool, n: int) -> int:
@@ -299,15 +450,17 @@ def cmd_history(cfg: AgentConfig, *, as_json: bool, n: int) -> int:
     state = StateStore(cfg.agent.state_dir).load()
     records = state.history[: max(0, n)]
     if as_json:
-        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        doc = {"kind": "history", "version": 1,
+               "passes": _times([r.model_dump(mode="json") for r in records])}
+        print(json.dumps(doc, indent=2))
         return EXIT_OK
     if not records:
         print("no passes recorded")
     for r in records:
-        when = r.started_at.strftime("%Y-%m-%d %H:%M:%S")
         rep = f" (x{r.repeats})" if r.repeats > 1 else ""
         outcome = {"rolled-back": "failed and rolled back"}.get(r.outcome, r.outcome)
-        print(f"{when}  {_short(r.revision)}  {outcome}{rep}  {r.duration_seconds:.1f}s")
+        print(f"{iso(r.started_at)}  {_short(r.revision)}  {outcome}{rep}  "
+              f"{r.duration_seconds:.1f}s")
         for c in r.changes:
             print(f"    {c.describe()}")
         if r.reason and r.outcome not in ("applied", "no-op"):

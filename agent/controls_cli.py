@@ -14,6 +14,14 @@ def _short(d: str | None) -> str:
     return "-" if not d else d.removeprefix("sha256:")[:12]
 
 
+def _describe(rec: object) -> str:
+    """A freeze record, with its time as every CLI time (ISO 8601 UTC)."""
+    from agent.cli import iso
+
+    by, at, reason = (getattr(rec, k, None) for k in ("by", "at", "reason"))
+    return f"frozen by {by} at {iso(at)}: {reason}"
+
+
 def cmd_control(cfg: AgentConfig, args: argparse.Namespace) -> int:
     from agent import controls
 
@@ -22,8 +30,8 @@ def cmd_control(cfg: AgentConfig, args: argparse.Namespace) -> int:
     if args.command == "freeze":
         rec, before = controls.freeze(state_dir, args.reason, user)
         if before is not None:
-            print(f"was {before.describe()}")
-        print(f"{rec.describe()}")
+            print(f"was {_describe(before)}")
+        print(_describe(rec))
         print("new revisions are not applied on this host (passes still fetch, validate and "
               "report) until 'gitops-agent unfreeze'")
         return EXIT_OK
@@ -32,7 +40,7 @@ def cmd_control(cfg: AgentConfig, args: argparse.Namespace) -> int:
         if lifted is None:
             print("not frozen")
         else:
-            print(f"unfrozen by {user} (was {lifted.describe()}); the next pass applies the "
+            print(f"unfrozen by {user} (was {_describe(lifted)}); the next pass applies the "
                   "desired revision")
         return EXIT_OK
     return _rollback(cfg, args.to, user)
@@ -60,7 +68,9 @@ def _rollback(cfg: AgentConfig, to: str | None, user: str) -> int:
         try:
             rec = _reconciler(cfg, report=True)
             target = controls.pick_target(rec.store.load(), to)
-            when = f"{target.at:%Y-%m-%d %H:%M:%S %Z}"
+            from agent.cli import iso
+
+            when = iso(target.at)
             digests = ", ".join(f"{s} {_short(d.digest)}"
                                 for s, d in sorted(target.digests.items()))
             print(f"rolling back to {target.revision[:12]} (applied {when}): {digests}")

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.desired import DesiredState
-from agent.errors import AgentError, LockHeld
+from agent.errors import AgentError, DockerUnavailable, LocalPermissionDenied, LockHeld
 from agent.health import service_health
 from agent.plan import running_digest
 from agent.ports import Fetched
@@ -53,6 +53,12 @@ class StatusView:
     rollback_targets: list[dict[str, Any]] = field(default_factory=list)
     # what the newest release changed, and why (a config change names its git files)
     last_release: list[str] = field(default_factory=list)
+    # the desired revision failed and the host runs an earlier release:
+    # {"from": failed desired revision, "running": the revision of the release that runs}
+    rolled_back: dict[str, str] | None = None
+    # the Docker engine could not be asked (running/health unknown; the record still shown)
+    engine_problem: str | None = None
+    engine_error: str | None = None  # its kind: DockerUnavailable, LocalPermissionDenied
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,10 +110,15 @@ def status(rec: Reconciler) -> StatusView:
     last = state.last_attempted
     if last is not None and last.outcome == "invalid" and last.reason:
         problem = last.reason  # the newest revision was refused; the cache is older
-    observed = rec.observe_all()
     names = sorted(set(desired.services if desired else {}) | set(state.known_good))
-    matches = _running_config(rec, observed)
-    replicas = _replicas(rec, names)
+    engine_problem = engine_error = None
+    try:
+        observed = rec.observe_all()
+        matches = _running_config(rec, observed)
+        replicas = _replicas(rec, names)
+    except (DockerUnavailable, LocalPermissionDenied) as e:
+        observed, matches, replicas = {}, {}, {}
+        engine_problem, engine_error = str(e), type(e).__name__
     services = []
     for n in names:
         spec = desired.services.get(n) if desired else None
@@ -118,7 +129,7 @@ def status(rec: Reconciler) -> StatusView:
             desired=spec.digest if spec else None,
             running=running_digest(cs),
             known_good=state.known_good[n].digest if n in state.known_good else None,
-            health=service_health(cs),
+            health="unknown" if engine_problem else service_health(cs),
             containers=[c.name for c in cs],
             pinned=bool(spec and spec.pinned),
             config_matches=matches.get(n),
@@ -138,11 +149,24 @@ def status(rec: Reconciler) -> StatusView:
         failed_revisions=list(state.failed_revisions),
         files_revision=rec.stack.current().revision if rec.stack else None,
         wave=_wave(rec, desired),
-        **_controls(rec, state),
+        rolled_back=_rolled_back(state, fetched.revision if fetched else None),
+        engine_problem=engine_problem,
+        engine_error=engine_error,
+        **_controls(rec, state, engine=engine_problem is None),
     )
 
 
-def _controls(rec: Reconciler, state: AgentState) -> dict[str, Any]:
+def _rolled_back(state: AgentState, desired_revision: str | None) -> dict[str, str] | None:
+    """The desired revision failed (a release rolled back, or an operator's ``rollback``
+    marked it) and the host runs the release recorded as last applied."""
+    applied = state.last_applied.revision if state.last_applied else None
+    if desired_revision is None or desired_revision not in state.failed_revisions \
+            or applied is None or applied == desired_revision:
+        return None
+    return {"from": desired_revision, "running": applied}
+
+
+def _controls(rec: Reconciler, state: AgentState, *, engine: bool = True) -> dict[str, Any]:
     from agent import controls, retention
 
     try:
@@ -151,7 +175,8 @@ def _controls(rec: Reconciler, state: AgentState) -> dict[str, Any]:
                                           "describe": fr.describe()}
     except AgentError as e:
         frozen = {"reason": str(e), "by": None, "at": None, "describe": str(e)}
-    return {"frozen": frozen, "rollback_targets": retention.targets_on_disk(rec.engine, state)}
+    targets = retention.targets_on_disk(rec.engine, state) if engine else []
+    return {"frozen": frozen, "rollback_targets": targets}
 
 
 def _wave(rec: Reconciler, desired: DesiredState | None) -> str | None:
