@@ -90,6 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the project directory (its .env), as [compose] project_dir; "
                    "default: the first compose file's directory")
 
+    s = sub.add_parser(
+        "init", help="bring an existing stack: a first desired-state.yml from what the "
+        "compose project runs now (needs no agent config)",
+        epilog="Exit codes: 0 written (or printed), 2 --out exists (use --force), 3 the "
+        "Docker engine is unreachable.")
+    s.add_argument("--project-dir", type=Path, required=True, metavar="DIR")
+    s.add_argument("-f", "--file", dest="files", action="append", default=[],
+                   metavar="FILE", help="compose file (repeatable); default compose.yml")
+    s.add_argument("--name", default=None, metavar="PROJECT",
+                   help="compose project name (default: DIR's name, as compose)")
+    s.add_argument("--out", type=Path, default=None, metavar="PATH",
+                   help="write here (atomically) instead of stdout")
+    s.add_argument("--force", action="store_true", help="overwrite --out")
+
     s = sub.add_parser("history", help="recorded passes, newest first")
     s.add_argument("--json", action="store_true",
                    help="one JSON object on stdout (kind \"history\", version 1)")
@@ -199,6 +213,8 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
         json_logs = {"auto": None, "json": True, "console": False}[args.log_format]
         agent_log.configure(json=json_logs, level=args.log_level)
     try:
+        if args.command == "init":
+            return cmd_init(args)
         if args.command == "check-config":
             return cmd_check_config(config_path(args))
         if args.command == "validate":
@@ -290,6 +306,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _short(d: str | None) -> str:
     return "-" if not d else d.removeprefix("sha256:")[:12]
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from agent.init_stack import desired_from_running, write_new
+
+    out: Path | None = args.out
+    if out is not None and out.exists() and not args.force:
+        print(f"gitops-agent: {out} exists; nothing written (--force to overwrite)",
+              file=sys.stderr)
+        return EXIT_INVALID
+    result = desired_from_running(args.project_dir, args.files, args.name)
+    for w in result.warnings:
+        print(f"gitops-agent: warning: {w}", file=sys.stderr)
+    if out is None:
+        sys.stdout.write(result.text)
+        return EXIT_OK
+    write_new(out, result.text, force=args.force)
+    print(f"wrote {out} ({len(result.services)} services)")
+    return EXIT_OK
 
 
 def cmd_check_config(path: Path) -> int:
