@@ -125,35 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-STATUS_OK, STATUS_BEHIND, STATUS_ROLLED_BACK, STATUS_ENGINE_DOWN = 0, 1, 3, 5
+# 3 and 4 mean what they mean for every command (unreachable; state_dir / socket refused)
+STATUS_OK, STATUS_BEHIND, STATUS_ENGINE_DOWN, STATUS_ROLLED_BACK = 0, 1, 3, 5
 STATUS_EPILOG = """\
 Exit codes:
   0  at the desired revision and healthy (or deliberately held there: frozen, outside a
      deploy window, waiting for a rollout wave)
   1  not at the desired revision, a managed service not healthy, or the last pass failed
   2  the agent config is invalid
-  3  rolled back: the desired revision failed and the host runs the previous release
+  3  the Docker engine is unreachable (the recorded last outcome is shown)
   4  state_dir cannot be read, or the Docker socket refuses this user
-  5  the Docker engine is unreachable (the recorded last outcome is shown)
+  5  rolled back: the desired revision failed and the host runs the previous release
 Times are ISO 8601 UTC (2026-01-31T12:00:00Z)."""
 
 
-def iso(value: object) -> str:
-    """One timestamp format in all CLI output: ISO 8601, UTC, seconds, ``Z``."""
-    from datetime import UTC, datetime
-
-    if isinstance(value, str):
-        text = value
-        try:
-            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            return text
-    if not isinstance(value, datetime):
-        return "-" if value is None else str(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
+from agent.timefmt import iso  # noqa: E402  (one format for every command)
 
 _TIME_KEYS = ("at", "started_at", "target_at")
 
@@ -251,17 +237,10 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
 
 
 def _reconciler(cfg: AgentConfig, *, report: bool = False) -> Reconciler:
-    from agent.reconcile import Reconciler
-    from agent.secrets import registry_auth
+    """The pass as agent/app.py wires it (only a pass reports: sync, rollback)."""
+    from agent.app import build_reconciler
 
-    observers, gates = [], []
-    if report:  # only a pass reports (sync); status/diff read and change nothing
-        from agent.controls import build_gates as control_gates
-        from agent.fleet import build_gates
-        from agent.report import build_observers
-
-        observers, gates = build_observers(cfg), [*control_gates(cfg), *build_gates(cfg)]
-    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers, gates=gates)
+    return build_reconciler(cfg, report=report)
 
 
 def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:

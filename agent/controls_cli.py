@@ -16,7 +16,7 @@ def _short(d: str | None) -> str:
 
 def _describe(rec: object) -> str:
     """A freeze record, with its time as every CLI time (ISO 8601 UTC)."""
-    from agent.cli import iso
+    from agent.timefmt import iso
 
     by, at, reason = (getattr(rec, k, None) for k in ("by", "at", "reason"))
     return f"frozen by {by} at {iso(at)}: {reason}"
@@ -48,7 +48,7 @@ def cmd_control(cfg: AgentConfig, args: argparse.Namespace) -> int:
 
 def _rollback(cfg: AgentConfig, to: str | None, user: str) -> int:
     from agent import controls
-    from agent.cli import _reconciler
+    from agent.app import build_reconciler
     from agent.state import StateLock, StateStore
 
     state_dir = cfg.agent.state_dir
@@ -66,9 +66,9 @@ def _rollback(cfg: AgentConfig, to: str | None, user: str) -> int:
                                      timeout=3 * a.health_timeout_seconds + 600)
     else:
         try:
-            rec = _reconciler(cfg, report=True)
+            rec = build_reconciler(cfg, report=True)
             target = controls.pick_target(rec.store.load(), to)
-            from agent.cli import iso
+            from agent.timefmt import iso
 
             when = iso(target.at)
             digests = ", ".join(f"{s} {_short(d.digest)}"

@@ -40,7 +40,6 @@ from agent.config import AgentConfig
 from agent.edges.systemd import Notifier, watchdog_interval
 from agent.outcomes import PassResult
 from agent.reconcile import Reconciler
-from agent.secrets import registry_auth
 from agent.state import StateLock, StateStore
 
 log = structlog.get_logger()
@@ -93,18 +92,11 @@ class Daemon:
                  notifier: Notifier | None = None, monotonic: Clock = time.monotonic) -> None:
         self.cfg = cfg
         if reconciler is None:
-            from agent.report import build_observers
+            from agent.app import build_reconciler
 
             # the daemon serves GET /metrics on [metrics] listen
-            self.observers = build_observers(cfg, serve_metrics=True)
-            from agent.controls import build_gates as control_gates
-            from agent.fleet import build_gates
-
-            reconciler = Reconciler(cfg, registry_auth=registry_auth(cfg),
-                                    observers=self.observers,
-                                    gates=[*control_gates(cfg), *build_gates(cfg)])
-        else:
-            self.observers = list(getattr(reconciler, "observers", ()))
+            reconciler = build_reconciler(cfg, report=True, serve_metrics=True)
+        self.observers = list(getattr(reconciler, "observers", ()))
         self.reconciler = reconciler
         self.notifier = notifier or Notifier()
         self.monotonic = monotonic

@@ -78,7 +78,7 @@ def test_status_after_a_failed_pass_that_left_the_host_behind_exits_1(
     assert "out-of-date" in capsys.readouterr().out
 
 
-def test_status_after_a_rolled_back_release_says_so_and_exits_3(
+def test_status_after_a_rolled_back_release_says_so_and_exits_5(
         rec: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
     first = rec.store.load().last_applied
     assert first is not None and first.revision is not None
@@ -87,20 +87,20 @@ def test_status_after_a_rolled_back_release_says_so_and_exits_3(
     source.commit(desired_yaml({"web": (WEB, BAD)}))
     result = rec.run_pass()
     assert result.outcome == "rolled-back"
-    assert cli.cmd_status(rec.cfg, as_json=False) == 3
+    assert cli.cmd_status(rec.cfg, as_json=False) == cli.STATUS_ROLLED_BACK == 5
     out = capsys.readouterr().out
     assert f"rolled back from {result.revision[:12]}, running {first.revision[:12]}" in out
     assert "rolled-back" in out and "out-of-date" not in out
-    assert cli.cmd_status(rec.cfg, as_json=True) == 3
+    assert cli.cmd_status(rec.cfg, as_json=True) == cli.STATUS_ROLLED_BACK == 5
     assert _json(capsys)["rolled_back"] == {"from": result.revision, "running": first.revision}
 
 
-def test_status_with_the_engine_down_shows_the_record_and_exits_5_without_a_traceback(
+def test_status_with_the_engine_down_shows_the_record_and_exits_3_without_a_traceback(
         rec: Reconciler, capsys: pytest.CaptureFixture[str]) -> None:
     engine = rec.engine
     assert isinstance(engine, FakeEngine)
     engine.down = True
-    assert cli.cmd_status(rec.cfg, as_json=False) == 5
+    assert cli.cmd_status(rec.cfg, as_json=False) == 3
     out = capsys.readouterr().out
     assert "ENGINE UNREACHABLE" in out and "last attempted:" in out and "applied at" in out
     assert "Traceback" not in out
@@ -142,5 +142,5 @@ def test_status_help_documents_its_exit_codes(capsys: pytest.CaptureFixture[str]
         cli.main(["status", "--help"], configure_logging=False)
     out = capsys.readouterr().out
     for code in ("0  at the desired revision", "1  not at the desired revision",
-                 "3  rolled back", "5  the Docker engine is unreachable"):
+                 "3  the Docker engine is unreachable", "5  rolled back"):
         assert code in out
