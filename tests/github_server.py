@@ -53,7 +53,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -209,6 +209,11 @@ class FakeGitHub:
         # commit sha -> the root tree its commit JSON names instead of its own
         self.answer_tree: dict[str, str] = {}
         self._truncate = False
+        # content-creation limiter (GitHub's secondary limits on POST statuses), per token
+        self._creation_limits: tuple[int, int] | None = None  # (per minute, per hour)
+        self._creation_clock: Callable[[], float] = time.time
+        self._creations: dict[str, list[float]] = {}  # token -> times of accepted POSTs
+        self.creation_refusals = 0
         self._server = ThreadingHTTPServer((bind, port), _make_handler(self))
         self._server.daemon_threads = True
         self._server.request_queue_size = 1024
@@ -385,6 +390,43 @@ class FakeGitHub:
         with self.lock:
             self._rate_limit = (status, seconds)
             self._rate_limit_reset = time.time() + seconds
+
+    def limit_content_creation(self, *, per_minute: int = 80, per_hour: int = 500,
+                               clock: Callable[[], float] = time.time) -> None:
+        """GitHub's documented secondary limits on content creation, per token: at most
+        ``per_minute`` POST statuses in any 60 s and ``per_hour`` in any 3600 s (sliding
+        windows on ``clock``, injectable so a simulation runs in simulated time). Over the
+        limit: 403, a secondary-rate-limit message and ``retry-after`` (seconds until a
+        slot frees), nothing stored."""
+        with self.lock:
+            self._creation_limits = (per_minute, per_hour)
+            self._creation_clock = clock
+            self._creations.clear()
+            self.creation_refusals = 0
+
+    def _creation_refused(self, authorization: str | None
+                          ) -> tuple[int, dict[str, str], bytes] | None:
+        with self.lock:
+            if self._creation_limits is None:
+                return None
+            per_minute, per_hour = self._creation_limits
+            now = self._creation_clock()
+            times = [t for t in self._creations.get(authorization or "", []) if t > now - 3600]
+            last_minute = [t for t in times if t > now - 60]
+            wait = 0.0
+            if len(last_minute) >= per_minute:
+                wait = last_minute[-per_minute] + 60 - now
+            if len(times) >= per_hour:
+                wait = max(wait, times[-per_hour] + 3600 - now)
+            if wait > 0:
+                self._creations[authorization or ""] = times
+                self.creation_refusals += 1
+                return _json(403, {"message": "You have exceeded a secondary rate limit. "
+                                              "Please wait a few minutes before you try again."},
+                             {"retry-after": str(max(1, int(wait + 0.999)))})
+            times.append(now)
+            self._creations[authorization or ""] = times
+            return None
 
     def clear_rate_limit(self) -> None:
         with self.lock:
@@ -595,6 +637,9 @@ class FakeGitHub:
             return _json(404, {"message": "Not Found"})
         if not known:
             return _json(422, {"message": f"No commit found for SHA: {sha}"})
+        refused = self._creation_refused(headers.get("authorization"))
+        if refused is not None:
+            return refused
         try:
             data = json.loads(body)
         except ValueError:

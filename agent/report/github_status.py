@@ -1,5 +1,7 @@
 """Commit statuses: ``POST {api_url}/repos/{owner}/{repo}/statuses/{sha}`` for the revision
-this host handles — ``pending`` when it starts releasing it, ``success`` when it runs healthy,
+this host handles — ``pending`` when it starts releasing it (only with
+``post_pending = true``: each status is a content-creation request, and GitHub caps those
+per token at 80/min and 500/h), ``success`` when it runs healthy,
 ``failure`` when it failed or was rolled back, ``error`` when it is invalid or untrusted.
 
 One status per change of state: the last state posted for each revision is remembered
@@ -51,6 +53,7 @@ class GitHubStatusReporter:
         timeout: float = 5.0,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
+        post_pending: bool = False,
     ) -> None:
         self.repo = repo
         self.api_url = api_url.rstrip("/")
@@ -59,8 +62,10 @@ class GitHubStatusReporter:
         self.timeout = timeout
         self.path = state_dir / OUTBOX_FILE
         self.clock = clock
+        self.post_pending = post_pending
         self.session = github_session(token, session)
         self._auth_logged = False
+        self._retry_after: float | None = None
         data = load_json(self.path, "github statuses")
         self.last: dict[str, str] = {
             str(k): str(v) for k, v in (data.get("last") or {}).items()}
@@ -76,10 +81,12 @@ class GitHubStatusReporter:
         token = read_secret_file(gh.token_file, "report.github.token_file")
         return cls(repo=gh.repo, api_url=gh.api_url, token=token, context=gh.context,
                    host=host_name(cfg), state_dir=cfg.agent.state_dir,
-                   timeout=gh.timeout_seconds)
+                   timeout=gh.timeout_seconds, post_pending=gh.post_pending)
 
     # ------------------------------------------------------------------ PassObserver
     def release_started(self, revision: str, services: Sequence[str]) -> None:
+        if not self.post_pending:
+            return  # statuses are rate-limited per token: only verdicts by default
         try:
             self._enqueue(revision, "pending", "pending",
                           f"{self.host}: deploying {', '.join(services)}")
@@ -147,6 +154,8 @@ class GitHubStatusReporter:
             if verdict == "retry":
                 self.failures += 1
                 delay = min(BACKOFF_MAX, 2.0 ** (self.failures - 1))
+                if self._retry_after is not None:  # GitHub said how long: wait that
+                    delay = max(delay, self._retry_after)
                 self.retry_at = self.clock() + delay
                 log.warning("agent.report.retry_scheduled", reporter="github",
                             queued=len(self.queue), retry_in_seconds=delay)
@@ -162,6 +171,7 @@ class GitHubStatusReporter:
         url = f"{self.api_url}/repos/{self.repo}/statuses/{item['sha']}"
         body = {k: item[k] for k in ("state", "description", "context")}
         ev = {"reporter": "github", "revision": item["sha"][:12], "state": item["state"]}
+        self._retry_after = None
         try:
             resp = self.session.post(url, json=body, timeout=self.timeout,
                                      allow_redirects=False)  # the token stays on this host
@@ -172,8 +182,15 @@ class GitHubStatusReporter:
         if resp.status_code in (200, 201):
             log.info("agent.report.sent", **ev, context=item["context"])
             return "sent"
+        retry_after = resp.headers.get("retry-after", "")
         rate_limited = resp.status_code == 429 or (
-            resp.status_code == 403 and resp.headers.get("x-ratelimit-remaining") == "0")
+            resp.status_code == 403 and (resp.headers.get("x-ratelimit-remaining") == "0"
+                                         or retry_after != ""))  # a secondary limit
+        if rate_limited:
+            self._retry_after = float(retry_after) if retry_after.isdigit() else None
+            log.warning("agent.report.rate_limited", **ev, status=resp.status_code,
+                        retry_after=self._retry_after, detail=_message(resp))
+            return "retry"
         if resp.status_code in (401, 403) and not rate_limited:
             if not self._auth_logged:
                 self._auth_logged = True

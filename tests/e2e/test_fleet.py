@@ -57,7 +57,7 @@ def fleet(tmp_path, registry, images, docker_client, compose_cmd) -> Iterator[Fl
             for name in ("canary-1", "prod-1", "prod-2"):
                 extra = (f'host = "{name}"\n\n[report.github]\nrepo = "acme/shop"\n'
                          f'api_url = "{gh.api_url}"\ntoken_file = "{token}"\n'
-                         "timeout_seconds = 2\n")
+                         "post_pending = true\ntimeout_seconds = 2\n")
                 project = rig.Project(name=f"e2e{run}{name.replace('-', '')}",
                                       root=tmp_path / name, registry=registry.host, repo=repo,
                                       extra_config=extra)

@@ -76,6 +76,7 @@ def rep(tmp_path, registry, images, docker_client, compose_cmd) -> Iterator[Repo
             'repo = "acme/shop"\n'
             f'api_url = "{gh.api_url}"\n'
             f'token_file = "{token}"\n'
+            "post_pending = true\n"
             "timeout_seconds = 2\n\n"
             "[metrics]\n"
             f'listen = "127.0.0.1:{port}"\n'

@@ -35,14 +35,32 @@ def gh() -> Iterator[FakeGitHub]:
 
 
 def reporter(gh: FakeGitHub, tmp_path: Path, clock: Clock | None = None,
-             token: str = TOKEN) -> GitHubStatusReporter:
+             token: str = TOKEN, post_pending: bool = True) -> GitHubStatusReporter:
     return GitHubStatusReporter(repo="acme/shop", api_url=gh.api_url, token=token,
                                 context="deploy/{host}", host="prod-1", state_dir=tmp_path,
-                                timeout=2, clock=clock or Clock())
+                                timeout=2, clock=clock or Clock(), post_pending=post_pending)
 
 
 def applied(rev: str, **kw: object) -> PassResult:
     return PassResult("applied", rev, target={"web": WEB, "api": API}, **kw)  # type: ignore[arg-type]
+
+
+def test_no_pending_status_is_posted_by_default_only_the_verdict(gh, tmp_path):
+    rev = gh.commit({})
+    r = GitHubStatusReporter(repo="acme/shop", api_url=gh.api_url, token=TOKEN,
+                             context="deploy/{host}", host="prod-1", state_dir=tmp_path,
+                             timeout=2, clock=Clock())
+    r.release_started(rev, ["web", "api"])
+    assert gh.statuses_for(rev) == []
+    r.pass_finished(applied(rev))
+    assert [s["state"] for s in gh.statuses_for(rev)] == ["success"]
+
+
+def test_post_pending_true_posts_pending_when_a_release_starts(gh, tmp_path):
+    rev = gh.commit({})
+    r = reporter(gh, tmp_path, post_pending=True)
+    r.release_started(rev, ["web"])
+    assert [s["state"] for s in gh.statuses_for(rev)] == ["pending"]
 
 
 def test_good_release_posts_pending_then_success_naming_host_and_digests(gh, tmp_path):
@@ -196,3 +214,21 @@ def test_token_file_must_be_private(tmp_path):
                                               "token_file": str(token)}}})
     with pytest.raises(ConfigError, match="chmod 600"):
         GitHubStatusReporter.from_config(cfg)
+
+
+def test_secondary_rate_limit_is_waited_out_for_retry_after_not_reported_as_bad_token(
+        gh, tmp_path):
+    clock = Clock()
+    gh.limit_content_creation(per_minute=1, per_hour=500, clock=clock)
+    rev = gh.commit({})
+    r = reporter(gh, tmp_path, clock=clock)
+    with capture_logs() as logs:
+        r.release_started(rev, ["web"])  # pending: the one slot this minute
+        r.pass_finished(applied(rev))  # success: refused, 403 + retry-after
+    assert [s["state"] for s in gh.statuses_for(rev)] == ["pending"]
+    assert gh.creation_refusals == 1
+    assert not [e for e in logs if e["event"] == "agent.report.unauthorized"]
+    assert r.retry_at >= clock.now + 59  # GitHub's retry-after, not the 1 s backoff
+    clock.now += 61
+    r.pass_finished(applied(rev))
+    assert [s["state"] for s in gh.statuses_for(rev)] == ["pending", "success"]
