@@ -213,6 +213,10 @@ class Daemon:
         a = self.cfg.agent
         self._started = self.monotonic()
         schedule = MonotonicSchedule(a.interval_seconds, a.jitter_seconds, self._started)
+        from agent.webhook import start_webhook
+
+        # a signed push takes the SIGHUP path (hup() only sets flags: thread-safe, coalesced)
+        webhook = start_webhook(self.cfg, self.hup)
         self.scheduler.start()
         log.info("agent.daemon.started", interval_seconds=a.interval_seconds,
                  jitter_seconds=a.jitter_seconds, liveness_bound_seconds=self.liveness_bound(),
@@ -241,6 +245,8 @@ class Daemon:
                 self._wake.wait(timeout=timeout)
                 self._wake.clear()
         finally:
+            if webhook is not None:
+                webhook.close()
             log.info("agent.daemon.stopping", signal="SIGTERM/SIGINT",
                      message="finishing the pass in flight" if self._pass_lock.locked() else "")
             self.notifier.stopping()
