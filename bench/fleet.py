@@ -13,7 +13,13 @@ compose projects and state dirs, one git repo) release a new revision with ``soa
 S and ``interval_seconds`` I (no jitter); measured: from canary-1's ``success`` status to
 the last prod host's ``success`` (posted once it runs healthy), expected S .. S + I + apply.
 
+Part C (no Docker) — ``--scale-hosts`` N (1000) real status reporters all post one release
+at once against the fake with GitHub's secondary limits (80/min, 500/h per token) in
+simulated time (60 s steps, no sleeping): minutes until every host's success is on GitHub,
+shared token vs per-host tokens, pending on vs off. (Gate reads are not in part C.)
+
     .venv/bin/python bench/fleet.py [--intervals N] [--rig] [--soak S] [--interval I]
+                                    [--scale-hosts N]
 """
 
 from __future__ import annotations
@@ -189,6 +195,53 @@ def part_b(soak: float, interval: float) -> dict[str, Any]:
             reg.stop()
 
 
+def part_c(hosts: int, *, shared_token: bool, pending: bool, interval: float = 60.0,
+           max_intervals: int = 600) -> dict[str, Any]:
+    """Posting only (no gate reads): ``hosts`` real reporters all start and finish one
+    release at t=0 (one huge wave, the worst case) against the fake with GitHub's
+    secondary limits (80/min, 500/h per token), on a simulated clock advanced by
+    ``interval`` per step. Measured: simulated minutes until every host's ``success`` is
+    on GitHub, requests made, refusals."""
+    from github_server import FakeGitHub
+
+    from agent.outcomes import PassResult
+    from agent.report.github_status import GitHubStatusReporter
+
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    with FakeGitHub(repo="acme/shop", log_requests=False) as gh, \
+            tempfile.TemporaryDirectory() as tmp:
+        gh.limit_content_creation(clock=clock)
+        rev = gh.commit({})
+        reps = []
+        for i in range(hosts):
+            d = Path(tmp) / f"h{i}"
+            d.mkdir()
+            reps.append(GitHubStatusReporter(
+                repo="acme/shop", api_url=gh.api_url,
+                token=TOKEN if shared_token else f"{TOKEN}_{i}", context="deploy/{host}",
+                host=f"host-{i}", state_dir=d, timeout=5, clock=clock, post_pending=pending))
+        for r in reps:
+            r.release_started(rev, ["web"])
+            r.pass_finished(PassResult("applied", rev, target={}))
+        steps = 0
+        while steps < max_intervals and sum(
+                1 for st in gh.statuses if st["state"] == "success") < hosts:
+            steps += 1
+            now[0] += interval
+            for r in reps:
+                r.pass_finished(PassResult("applied", rev, target={}))
+        done = sum(1 for st in gh.statuses if st["state"] == "success")
+        return {"hosts": hosts, "shared_token": shared_token, "post_pending": pending,
+                "interval_seconds": interval, "all_posted": done == hosts,
+                "successes_posted": done, "statuses_posted": len(gh.statuses),
+                "minutes_to_all_success": steps * interval / 60,
+                "post_requests": gh.request_count, "refused_403": gh.creation_refusals}
+
+
 def main() -> int:
     ap = base_args(__doc__ or "")
     ap.add_argument("--intervals", type=int, default=30)
@@ -198,6 +251,8 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=5.0)
     ap.add_argument("--canary-at", type=int, default=10,
                     help="the interval of the canary's pass (the others wait until then)")
+    ap.add_argument("--scale-hosts", type=int, default=1000,
+                    help="part C: hosts posting statuses under GitHub's secondary limits")
     args = ap.parse_args()
     from agent import log as agent_log
 
@@ -209,6 +264,15 @@ def main() -> int:
         f"per interval; {a['not_modified_304']}/{a['status_requests']} were 304; "
         f"{a['counted_per_host_pass']} counted per waiting pass; applied at intervals "
         f"{a['applied_at_interval']}")
+    scale = []
+    for shared, pending in ((True, False), (True, True), (False, False), (False, True)):
+        c = part_c(args.scale_hosts, shared_token=shared, pending=pending)
+        scale.append(c)
+        log(f"{c['hosts']} hosts, {'shared token' if shared else 'per-host tokens'}, "
+            f"pending {'on' if pending else 'off'}: all success after "
+            f"{c['minutes_to_all_success']:.0f} min ({c['statuses_posted']} statuses, "
+            f"{c['post_requests']} POSTs, {c['refused_403']} refused)")
+    results["posting_at_scale"] = scale
     if args.rig:
         results["three_daemons"] = part_b(args.soak, args.interval)
     write_results("fleet", results, args.json)
