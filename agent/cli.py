@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=STATUS_EPILOG)
     s.add_argument("--json", action="store_true",
                    help="one JSON object on stdout (kind \"status\", version 1)")
+    s.add_argument("--output", choices=("text", "json"), default=None,
+                   help="--output json is --json")
 
     s = sub.add_parser("diff", help="what a sync would change, changing nothing",
                        epilog="Exit codes: 0 (with --exit-code: a sync would change nothing), "
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "2 invalid input, 3 source unreachable, 4 state_dir.")
     s.add_argument("--json", action="store_true",
                    help="one JSON object on stdout (kind \"diff\", version 1)")
+    s.add_argument("--output", choices=("text", "json"), default=None,
+                   help="--output json is --json")
     s.add_argument("--exit-code", action="store_true",
                    help="exit 1 when a sync would change something, 0 when not "
                    "(like git diff --exit-code)")
@@ -107,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("history", help="recorded passes, newest first")
     s.add_argument("--json", action="store_true",
                    help="one JSON object on stdout (kind \"history\", version 1)")
+    s.add_argument("--output", choices=("text", "json"), default=None,
+                   help="--output json is --json")
     s.add_argument("-n", type=int, default=20, help="how many (default 20)")
 
     sub.add_parser("run", help="the daemon: a pass every interval; SIGHUP for one now")
@@ -191,6 +197,8 @@ def config_path(args: argparse.Namespace) -> Path:
 
 def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "output", None) == "json":
+        args.json = True
     if args.command == "validate":
         args.file_given = args.file is not None
         if args.file is None:

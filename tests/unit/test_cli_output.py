@@ -144,3 +144,18 @@ def test_status_help_documents_its_exit_codes(capsys: pytest.CaptureFixture[str]
     for code in ("0  at the desired revision", "1  not at the desired revision",
                  "3  the Docker engine is unreachable", "5  rolled back"):
         assert code in out
+
+
+def test_output_json_is_the_same_as_json(rec: Reconciler, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'''[source]\nrepo = "https://git.test/shop.git"\n[compose]\n'''
+                    f'''project_dir = "{tmp_path / 'p'}"\n[agent]\n'''
+                    f'''state_dir = "{tmp_path / 'state'}"\n''')
+    for command in ("status", "diff", "history"):
+        argv = [command, "--output", "json", "--config", str(conf)]
+        with capture_logs():  # structlog's test default would print to stdout
+            code = cli.main(argv, configure_logging=False)
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert json.loads(out)["kind"] == command, out
