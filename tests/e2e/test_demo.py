@@ -44,7 +44,7 @@ def test_demo_walks_the_whole_lifecycle_and_cleans_up_after_itself(docker_client
     assert "gitops-agent status" in out and "pinned" in out
     assert "failed and rolled back" in out
     # step 6: the commit statuses it posted and a scrape of /metrics
-    assert re.search(r"pending  demo-1: deploying api, hello", out)
+    assert not re.search(r"pending  demo-1", out)  # post_pending is off by default
     assert re.search(r"failure  demo-1: rolled back: hello: .*unhealthy", out)
     assert re.search(r"success  demo-1 runs api@[0-9a-f]{12}, hello@[0-9a-f]{12}", out)
     assert 'gitops_agent_releases_total{outcome="rolled-back"} 1.0' in out
