@@ -1,4 +1,4 @@
-"""End-to-end: the shipped unit (systemd/gitops-agent.service) under a real systemd.
+"""End-to-end: the shipped unit (agent/data/gitops-agent.service) under a real systemd.
 
 A container runs systemd as PID 1 (Debian bookworm, ``local/debian:bookworm`` from
 scripts/debian-base-image). The agent is installed in it as an admin would: a venv, ``pip
@@ -33,7 +33,7 @@ import pytest
 import rig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-UNIT = REPO_ROOT / "systemd" / "gitops-agent.service"
+UNIT = REPO_ROOT / "agent" / "data" / "gitops-agent.service"
 IMAGE_REPO = "local/gitops-agent-systemd"
 MOUNT = "/srv/e2e"  # the harness's root (git origin, compose project) inside the container
 
