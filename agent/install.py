@@ -36,7 +36,8 @@ def drop_in_text(project_dir: Path) -> str:
     if any(c in path for c in '"\\\n'):
         raise ConfigError("compose.project_dir", [f"cannot be put in a unit file: {path!r}"])
     return (
-        "# Written by scripts/install from compose.project_dir; re-run it after changing that.\n"
+        "# ReadWritePaths for compose.project_dir (python -m agent.install drop-in):\n"
+        "# print it again after changing that.\n"
         "[Service]\n"
         f'ReadWritePaths="{path}"\n'
     )

@@ -26,7 +26,7 @@ def test_drop_in_opens_the_configs_project_dir_for_writing(tmp_path, capsys):
     cfg.write_text(install.example_config_text())
     assert install.main(["drop-in", "--config", str(cfg)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("# Written by scripts/install")
+    assert out.startswith("# ReadWritePaths for compose.project_dir")
     assert '[Service]\nReadWritePaths="/srv/shop"\n' in out
 
 
