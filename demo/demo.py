@@ -391,6 +391,9 @@ def main() -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C cleans up even when started from a non-interactive shell's background job,
+    # which starts its children with SIGINT ignored (and Python then installs no handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     demo = Demo()
     try:
         demo.run()
