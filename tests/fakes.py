@@ -409,3 +409,21 @@ class FilesCompose:
                       labels: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, str]:
         return {s: config_hash(svc, images.get(s), (labels or {}).get(s))
                 for s, svc in self.services().items()}
+
+
+def shop_reconciler(tmp: Any, engine: FakeEngine, source: FakeSource, *,
+                    project_dir: str = "project", **agent: Any) -> Any:
+    """The ``shop`` project on the honest fakes: a Reconciler over ``engine`` and
+    ``source`` with state in ``tmp/state``, no settle or handover wait, no real sleeping;
+    ``agent`` overrides ``[agent]`` keys (e.g. ``health_timeout_seconds``)."""
+    from agent.config import parse_config
+    from agent.reconcile import Reconciler
+
+    cfg = parse_config({
+        "source": {"repo": "https://git.test/shop.git"},
+        "compose": {"project_dir": str(tmp / project_dir), "project_name": "shop"},
+        "agent": {"state_dir": str(tmp / "state"), "settle_seconds": 0.0,
+                  "handover_seconds": 0.0, **agent},
+    })
+    return Reconciler(cfg, source=source, engine=engine,
+                      compose=FakeCompose(engine, model={"web": {}}), sleep=lambda _s: None)

@@ -9,11 +9,18 @@ import re
 from pathlib import Path
 
 import pytest
-from fakes import HEALTHY, UNHEALTHY, FakeCompose, FakeEngine, FakeSource, desired_yaml, digest_of
+from fakes import (
+    HEALTHY,
+    UNHEALTHY,
+    FakeEngine,
+    FakeSource,
+    desired_yaml,
+    digest_of,
+    shop_reconciler,
+)
 from structlog.testing import capture_logs
 
 from agent import cli
-from agent.config import parse_config
 from agent.reconcile import Reconciler
 
 WEB = "registry.test:5000/shop/web"
@@ -29,14 +36,8 @@ def rec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Reconciler:
     engine.publish(WEB, BAD, UNHEALTHY)
     source = FakeSource()
     source.commit(desired_yaml({"web": (WEB, V1)}))
-    cfg = parse_config({
-        "source": {"repo": "https://git.test/shop.git"},
-        "compose": {"project_dir": str(tmp_path / "p"), "project_name": "shop"},
-        "agent": {"state_dir": str(tmp_path / "state"), "settle_seconds": 0.0,
-                  "handover_seconds": 0.0, "health_timeout_seconds": 0.5},
-    })
-    r = Reconciler(cfg, source=source, engine=engine,
-                   compose=FakeCompose(engine, model={"web": {}}), sleep=lambda s: None)
+    r = shop_reconciler(tmp_path, engine, source, project_dir="p",
+                        health_timeout_seconds=0.5)
     assert r.run_pass().outcome == "applied"
     monkeypatch.setattr(cli, "_reconciler", lambda cfg, report=False: r)
     return r

@@ -14,7 +14,7 @@ from github_server import FakeGitHub
 from structlog.testing import capture_logs
 
 from agent.cli import main as cli_main
-from agent.config import parse_config
+from agent.config import AgentConfig, parse_config
 from agent.desired import Wave, parse_desired_state
 from agent.edges.github_statuses import GitHubStatuses, StatusesUnavailable
 from agent.errors import ConfigError, DesiredStateError
@@ -194,14 +194,19 @@ def desired(web: str, rollout: str) -> bytes:
 ROLLOUT = "  - {name: canary, hosts: [canary-1], soak_seconds: 0}\n  - {name: prod, hosts: ['prod-*']}\n"
 
 
-def reconciler(tmp: Path, gh: FakeGitHub | None, host: str, source: FakeSource,
-               engine: FakeEngine) -> Reconciler:
-    cfg = parse_config({
+def host_config(tmp: Path, host: str, **sections: object) -> AgentConfig:
+    return parse_config({
         "source": {"repo": "https://git.test/shop.git"},
         "compose": {"project_dir": str(tmp / "project"), "project_name": "shop"},
         "agent": {"state_dir": str(tmp / "state"), "settle_seconds": 0.0,
                   "health_timeout_seconds": 2.0, "host": host},
+        **sections,
     })
+
+
+def reconciler(tmp: Path, gh: FakeGitHub | None, host: str, source: FakeSource,
+               engine: FakeEngine) -> Reconciler:
+    cfg = host_config(tmp, host)
     read = client(gh, tmp / "state").read if gh is not None else None
     gate = RolloutGate(host, context="deploy/{host}" if gh else None, read=read)
     return Reconciler(cfg, source=source, engine=engine,
@@ -302,13 +307,7 @@ def gated_reconciler(tmp: Path, gh: FakeGitHub, host: str, source: FakeSource,
                                  "token_file": str(token)}
     if trusted is not None:
         github["trusted_creators"] = trusted
-    cfg = parse_config({
-        "source": {"repo": "https://git.test/shop.git"},
-        "compose": {"project_dir": str(tmp / "project"), "project_name": "shop"},
-        "agent": {"state_dir": str(tmp / "state"), "settle_seconds": 0.0,
-                  "health_timeout_seconds": 2.0, "host": host},
-        "report": {"github": github},
-    })
+    cfg = host_config(tmp, host, report={"github": github})
     return Reconciler(cfg, source=source, engine=engine,
                       compose=FakeCompose(engine, model={"web": {}}), gates=build_gates(cfg),
                       sleep=lambda _s: None)

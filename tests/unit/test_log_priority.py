@@ -12,11 +12,17 @@ from typing import Any
 
 import pytest
 import structlog
-from fakes import HEALTHY, FakeCompose, FakeEngine, FakeSource, desired_yaml, digest_of
+from fakes import (
+    HEALTHY,
+    FakeEngine,
+    FakeSource,
+    desired_yaml,
+    digest_of,
+    shop_reconciler,
+)
 from structlog.testing import capture_logs
 
 from agent import log as agent_log
-from agent.config import parse_config
 from agent.reconcile import Reconciler
 
 
@@ -108,14 +114,7 @@ def _world(tmp: Path) -> tuple[FakeSource, Reconciler]:
     for d in (V1, V2):
         engine.publish(f"{REG}/shop/web", d, HEALTHY)
     source = FakeSource()
-    cfg = parse_config({
-        "source": {"repo": "https://git.test/shop.git"},
-        "compose": {"project_dir": str(tmp / "project"), "project_name": "shop"},
-        "agent": {"state_dir": str(tmp / "state"), "settle_seconds": 0.0,
-                  "handover_seconds": 0.0, "health_timeout_seconds": 2.0},
-    })
-    rec = Reconciler(cfg, source=source, engine=engine,
-                     compose=FakeCompose(engine, model={"web": {}}), sleep=lambda _s: None)
+    rec = shop_reconciler(tmp, engine, source, health_timeout_seconds=2.0)
     return source, rec
 
 

@@ -8,10 +8,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import HEALTHY, FakeCompose, FakeEngine, FakeSource, desired_yaml, digest_of
+from fakes import (
+    HEALTHY,
+    FakeEngine,
+    FakeSource,
+    desired_yaml,
+    digest_of,
+    shop_reconciler,
+)
 
 from agent import queries
-from agent.config import parse_config
 from agent.reconcile import Reconciler
 
 WEB = "registry.test:5000/shop/web"
@@ -25,14 +31,7 @@ def rec(tmp_path: Path) -> Reconciler:
     engine.publish(WEB, V2, HEALTHY)
     source = FakeSource()
     source.commit(desired_yaml({"web": (WEB, V1)}))
-    cfg = parse_config({
-        "source": {"repo": "https://git.test/shop.git"},
-        "compose": {"project_dir": str(tmp_path / "p"), "project_name": "shop"},
-        "agent": {"state_dir": str(tmp_path / "state"), "settle_seconds": 0.0,
-                  "handover_seconds": 0.0},
-    })
-    r = Reconciler(cfg, source=source, engine=engine,
-                   compose=FakeCompose(engine, model={"web": {}}))
+    r = shop_reconciler(tmp_path, engine, source, project_dir="p")
     assert r.run_pass().outcome == "applied"
     return r
 
