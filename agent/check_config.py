@@ -206,13 +206,13 @@ def _compose_version(cmd: list[str]) -> str | None:
 def _compose_model(cmd: list[str], project_dir: Path, files: list[str],
                    compose: dict[str, Any]) -> list[str]:
     """compose's own model of the files (parses, interpolates; touches no container)."""
+    from agent.config import default_project_name
     from agent.edges.compose import Compose
 
     name = compose.get("project_name")
     profiles = compose.get("profiles")
     c = Compose(cmd, project_dir, files,
-                name if isinstance(name, str) and name else
-                (re.sub(r"[^a-z0-9_-]", "", project_dir.name.lower()) or "default"),
+                name if isinstance(name, str) and name else default_project_name(project_dir),
                 profiles=[p for p in profiles if isinstance(p, str)]
                 if isinstance(profiles, list) else ())
     try:

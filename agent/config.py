@@ -260,12 +260,15 @@ class ComposeConfig(_Strict):
 
     @property
     def name(self) -> str:
-        if self.project_name:
-            return self.project_name
-        import re
+        return self.project_name or default_project_name(self.project_dir)
 
-        base = re.sub(r"[^a-z0-9_-]", "", self.project_dir.name.lower())
-        return base or "default"
+
+def default_project_name(project_dir: Path) -> str:
+    """compose's project name for a directory when none is set: its name, lower case,
+    without the characters compose refuses."""
+    import re
+
+    return re.sub(r"[^a-z0-9_-]", "", project_dir.name.lower()) or "default"
 
 
 class AgentSection(_Strict):
