@@ -10,8 +10,10 @@ reports nothing. ``report=True`` adds the gates and observers a pass runs with (
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from agent.config import AgentConfig
-from agent.ports import Gate, PassObserver
+from agent.ports import Gate, PassObserver, Source
 from agent.reconcile import Reconciler
 
 
@@ -31,12 +33,17 @@ def build_observers(cfg: AgentConfig, *, serve_metrics: bool = False) -> list[Pa
 
 
 def build_reconciler(cfg: AgentConfig, *, report: bool = False,
-                     serve_metrics: bool = False) -> Reconciler:
+                     serve_metrics: bool = False, source: Source | None = None,
+                     observers: Sequence[PassObserver] | None = None) -> Reconciler:
+    """``source``: one shared by the stacks of a repo (agent/stacks.py); ``observers``:
+    ones already built (one metrics registry and server for all stacks)."""
     from agent.secrets import registry_auth
 
-    observers = build_observers(cfg, serve_metrics=serve_metrics) if report else []
+    if observers is None:
+        observers = build_observers(cfg, serve_metrics=serve_metrics) if report else []
     gates = build_gates(cfg) if report else []
-    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers, gates=gates)
+    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers, gates=gates,
+                      source=source)
 
 
 __all__ = ["build_gates", "build_observers", "build_reconciler"]
