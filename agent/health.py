@@ -3,6 +3,11 @@
 A container with a HEALTHCHECK is healthy when Docker says so and fails at once when Docker
 says ``unhealthy``. One without is healthy after running ``settle`` seconds without a
 restart. Exiting (even with code 0) or restarting is a failure.
+
+The wait runs on the monotonic clock and really sleeps between polls, unless a caller passes
+its own ``clock``/``sleep``. ``use_clock`` (tests only) swaps that default for a whole process:
+the unit tier runs the real wait loop on a virtual clock (sleeping advances it;
+tests/unit/conftest.py), so a 3 s failure confirmation or a 30 s timeout costs no real time.
 """
 
 from __future__ import annotations
@@ -32,6 +37,20 @@ CONFIRM_SECONDS = 3.0
 class Verdict:
     state: str  # "ok", "wait", "fail"
     detail: str = ""
+
+
+# the default clock and sleep of wait_healthy (use_clock)
+_clock: Callable[[], float] = time.monotonic
+_sleep: Callable[[float], None] = time.sleep
+
+
+def use_clock(clock: Callable[[], float] | None = None,
+              sleep: Callable[[float], None] | None = None) -> None:
+    """Tests only: the clock and sleep every ``wait_healthy`` without its own uses from now
+    on (both None: the real ``time.monotonic`` and ``time.sleep`` again)."""
+    global _clock, _sleep
+    _clock = clock if clock is not None else time.monotonic
+    _sleep = sleep if sleep is not None else time.sleep
 
 
 def judge(
@@ -81,15 +100,20 @@ def wait_healthy(
     digests: Mapping[str, str],
     timeout: float,
     settle: float,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> str | None:
     """Poll until every service is healthy at its digest (None) or one fails / the
     timeout passes (the reason, naming service and health output).
 
     If the engine stopped answering during the wait (a daemon restart stops containers and
     resets their state), a failure seen afterwards says nothing about the release: that is
-    :class:`DockerUnavailable`, transient, and the release is not judged."""
+    :class:`DockerUnavailable`, transient, and the release is not judged.
+
+    ``clock``/``sleep`` default to the process's (``use_clock``): the monotonic clock and
+    ``time.sleep``."""
+    clock = clock if clock is not None else _clock
+    sleep = sleep if sleep is not None else _sleep
     deadline = clock() + timeout
     first_seen: dict[str, tuple[float, int]] = {}
     pending = set(services)

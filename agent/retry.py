@@ -3,7 +3,8 @@
 Transient errors (source, registry, Docker engine unreachable) are retried with capped
 exponential backoff and jitter. ``set_fast(True)`` — or ``GITOPS_AGENT_FAST_RETRY=1`` in the
 environment — keeps the number of attempts but shrinks every wait to milliseconds, so tests
-exercise the real retry path quickly.
+exercise the real retry path quickly. ``set_sleep`` (tests only) replaces the wait itself: the
+unit tier records the waits instead of sleeping them.
 
 tenacity is imported only once a call has failed: the first attempt runs bare, so a pass in
 which nothing fails (every idle poll) does not load the retry machinery at all.
@@ -32,6 +33,8 @@ _fast = os.environ.get("GITOPS_AGENT_FAST_RETRY", "") not in ("", "0")
 # retries scheduled since the process started, by event ("agent.pull", "agent.fetch"):
 # read by the metrics observer (gitops_agent_pull_retries_total)
 retries_scheduled: Counter[str] = Counter()
+# how a retry waits (set_sleep); None: tenacity's own sleep, really waiting
+_sleep: Callable[[float], None] | None = None
 
 
 def set_fast(on: bool) -> None:
@@ -41,6 +44,13 @@ def set_fast(on: bool) -> None:
 
 def is_fast() -> bool:
     return _fast
+
+
+def set_sleep(sleep: Callable[[float], None] | None) -> None:
+    """Tests only: every retry from now on waits by calling ``sleep`` with the seconds the
+    policy chose (None: really sleeping again)."""
+    global _sleep
+    _sleep = sleep
 
 
 def _wait(retry_state: tenacity.RetryCallState) -> float:
@@ -103,5 +113,6 @@ def retry_transient(
         retry=tenacity.retry_if_exception_type(retry_on),
         before_sleep=before_sleep,
         reraise=True,
+        sleep=_sleep if _sleep is not None else tenacity.nap.sleep,
     )
     return retrying(replay_then_call)

@@ -27,6 +27,9 @@ from agent.secrets import read_secret_file
 log = structlog.get_logger()
 
 MAX_BODY = 1024 * 1024
+# serve_forever checks for shutdown this often (socketserver's default is 0.5 s): close()
+# returns within it; a select() wake-up 20 times a second is next to nothing for a daemon
+SHUTDOWN_POLL_SECONDS = 0.05
 Kind = str  # "auto" | "github" | "gitlab" | "gitea"
 
 
@@ -167,6 +170,7 @@ class WebhookServer:
         self.address = self.httpd.server_address[0]
         self.port = int(self.httpd.server_address[1])
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="webhook",
+                                        kwargs={"poll_interval": SHUTDOWN_POLL_SECONDS},
                                         daemon=True)
         self._thread.start()
         log.info("agent.webhook.listening", address=f"{host}:{self.port}", kind=kind)

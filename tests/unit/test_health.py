@@ -271,3 +271,27 @@ def test_a_confirmed_failure_takes_the_confirmation_window_and_no_longer():
     reason = run(script({"web": [c(health="unhealthy", output="HTTP 500")]}), clock)
     assert reason == "web: container web-c1 is unhealthy: HTTP 500"
     assert health.CONFIRM_SECONDS <= clock() - t0 < health.CONFIRM_SECONDS + 1
+
+
+# ------------------------------------------------------------------------- the default clock
+def test_a_wait_without_its_own_clock_runs_on_the_process_clock_use_clock_sets():
+    """What the unit tier relies on (tests/unit/conftest.py): a pass's health wait, which
+    passes no clock, polls on the clock ``use_clock`` installed and sleeps only through it."""
+    clock = FakeClock()
+    health.use_clock(clock, clock.sleep)
+    try:
+        reason = wait_healthy(observe=script({"web": [c(health="unhealthy", output="HTTP 500")]}),
+                              services=["web"], digests={"web": D2}, timeout=30, settle=0)
+    finally:
+        health.use_clock(None, None)
+    assert reason == "web: container web-c1 is unhealthy: HTTP 500"
+    assert health.CONFIRM_SECONDS <= sum(clock.sleeps) < health.CONFIRM_SECONDS + 1
+    assert clock.t - 1000.0 == pytest.approx(sum(clock.sleeps))
+
+
+def test_use_clock_with_nothing_restores_the_monotonic_clock_and_real_sleep():
+    import time
+
+    health.use_clock(FakeClock(), lambda _s: None)
+    health.use_clock(None, None)
+    assert health._clock is time.monotonic and health._sleep is time.sleep

@@ -101,18 +101,29 @@ def test_retry_on_can_name_other_exception_types():
     assert fn.calls == 2
 
 
-def test_fast_mode_keeps_attempts_but_shrinks_waits():
+def test_fast_mode_keeps_attempts_but_shrinks_waits(retry_waits):
     fn = Flaky(100)
     start = time.monotonic()
     with pytest.raises(SourceUnavailable):
         retry.retry_transient(fn, event="x")
     assert fn.calls == 4
     assert time.monotonic() - start < 2
+    # the waits the policy chose (the unit tier records them instead of sleeping them)
+    assert len(retry_waits) == 3 and sum(retry_waits) < 2
+
+
+def test_an_injected_sleep_is_given_each_wait_the_retry_log_announces(retry_waits):
+    fn = Flaky(2)
+    with capture_logs() as logs:
+        assert retry.retry_transient(fn, event="agent.fetch") == "ok"
+    announced = [e["wait_seconds"] for e in logs if e["event"] == "agent.fetch.retry_scheduled"]
+    assert [round(w, 3) for w in retry_waits] == announced and len(announced) == 2
 
 
 def test_normal_mode_waits_grow_exponentially_within_the_cap(monkeypatch):
     sleeps: list[float] = []
     monkeypatch.setattr(retry, "_fast", False)
+    monkeypatch.setattr(retry, "_sleep", None)  # no injected sleep: tenacity's own, as in production
     monkeypatch.setattr("tenacity.nap.time.sleep", sleeps.append)
     fn = Flaky(100)
     with pytest.raises(SourceUnavailable):
