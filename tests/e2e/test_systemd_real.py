@@ -9,21 +9,16 @@ unit, as on hosts where Docker is not socket-activated. The compose project's co
 created by the host engine, from the rig's registry on the host's loopback.
 
 The derived image ``local/gitops-agent-systemd:<hash of its inputs>`` is built once per
-change of the agent's source, the unit, the compose binary or the Dockerfile below.
+change of the agent's source, the unit, the compose binary or the Dockerfile below; the
+container and the image cache are tests/e2e/systemd_rig.py's.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import re
 import shutil
-import subprocess
-import sys
-import tarfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,24 +26,27 @@ from typing import Any
 import docker
 import pytest
 import rig
+from systemd_rig import (
+    REPO_ROOT,
+    SYSTEMD_BASE,
+    SYSTEMD_CMD,
+    agent_sources,
+    booted,
+    build_image,
+    build_wheels,
+    compose_binary,
+    journal,
+    put_file,
+    sh,
+    show,
+    wait_status,
+)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 UNIT = REPO_ROOT / "agent" / "data" / "gitops-agent.service"
 IMAGE_REPO = "local/gitops-agent-systemd"
 MOUNT = "/srv/e2e"  # the harness's root (git origin, compose project) inside the container
 
-DOCKERFILE = """\
-FROM {base}
-ENV DEBIAN_FRONTEND=noninteractive
-RUN apt-get update -qq \\
- && apt-get install -y -qq --no-install-recommends \\
-      systemd systemd-sysv procps python3 python3-venv git ca-certificates >/dev/null \\
- && rm -rf /var/lib/apt/lists/*
-# A container's systemd: journald and the agent, nothing that wants a console or devices.
-RUN systemctl mask getty.target console-getty.service systemd-logind.service \\
-      systemd-udevd.service systemd-udev-trigger.service systemd-firstboot.service \\
-      systemd-remount-fs.service sys-kernel-debug.mount sys-kernel-tracing.mount \\
-      dev-hugepages.mount systemd-modules-load.service
+DOCKERFILE = SYSTEMD_BASE + """\
 # Install as README says: a venv from wheels, the entry point on PATH, compose v2, the unit.
 COPY wheels /tmp/wheels
 RUN python3 -m venv /opt/gitops-agent \\
@@ -57,148 +55,29 @@ RUN python3 -m venv /opt/gitops-agent \\
  && rm -rf /tmp/wheels
 COPY docker-compose /usr/local/lib/docker/cli-plugins/docker-compose
 COPY gitops-agent.service /etc/systemd/system/gitops-agent.service
-STOPSIGNAL SIGRTMIN+3
-CMD ["/lib/systemd/systemd"]
-"""
-
-
-def _compose_binary() -> Path:
-    from agent.edges.compose import find_compose_command
-
-    cmd = find_compose_command()
-    if len(cmd) != 1 or Path(cmd[0]).name != "docker-compose":
-        pytest.fail(f"the compose v2 binary is needed to install in the image, found {cmd} "
-                    "(scripts/rig-up installs it)", pytrace=False)
-    return Path(cmd[0])
-
-
-def _agent_sources() -> list[Path]:
-    # README.md (the wheel's long description) is left out: a docs edit must not rebuild
-    return [REPO_ROOT / "pyproject.toml", *sorted((REPO_ROOT / "agent").rglob("*.py"))]
-
-
-def _inputs_hash(base: str, compose: Path) -> str:
-    h = hashlib.sha256()
-    h.update(DOCKERFILE.format(base=base).encode())
-    h.update(UNIT.read_bytes())
-    for f in _agent_sources():
-        h.update(str(f.relative_to(REPO_ROOT)).encode() + b"\0" + f.read_bytes())
-    with compose.open("rb") as fh:
-        h.update(hashlib.file_digest(fh, "sha256").digest())
-    return h.hexdigest()[:16]
+""" + SYSTEMD_CMD
 
 
 @pytest.fixture(scope="session")
 def systemd_agent_image(debian_base_image: str, docker_client: docker.DockerClient,
                         tmp_path_factory: pytest.TempPathFactory) -> str:
-    compose = _compose_binary()
-    tag = f"{IMAGE_REPO}:{_inputs_hash(debian_base_image, compose)}"
-    try:
-        docker_client.images.get(tag)
-        return tag  # cached
-    except docker.errors.ImageNotFound:
-        pass
-    ctx = tmp_path_factory.mktemp("systemd-image")
-    src = ctx / "src"
-    for f in _agent_sources():
-        dest = src / f.relative_to(REPO_ROOT)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(f, dest)
-    (src / "README.md").write_text("gitops-agent, built for tests/e2e/test_systemd_real.py\n")
-    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "-w", str(ctx / "wheels"),
-                        "--", str(src)], capture_output=True, text=True, timeout=900, check=False)
-    if p.returncode != 0:
-        pytest.fail(f"pip wheel failed (exit {p.returncode}):\n{p.stderr[-3000:]}", pytrace=False)
-    shutil.rmtree(src)
-    shutil.copy2(compose, ctx / "docker-compose")
-    shutil.copy2(UNIT, ctx / "gitops-agent.service")
-    (ctx / "Dockerfile").write_text(DOCKERFILE.format(base=debian_base_image))
-    try:
-        docker_client.images.build(path=str(ctx), tag=tag, rm=True, forcerm=True)
-    except docker.errors.BuildError as e:
-        log = "".join(str(x.get("stream", x.get("error", ""))) for x in e.build_log)
-        pytest.fail(f"building {tag} failed: {e}\n{log[-3000:]}", pytrace=False)
-    finally:
-        shutil.rmtree(ctx, ignore_errors=True)
-    # builds for older sources are dead weight (about 500 MB each): keep only this one
-    for old in docker_client.images.list(name=IMAGE_REPO):
-        if tag not in old.tags:
-            for t in old.tags:
-                docker_client.images.remove(t, noprune=False)
-    return tag
+    compose = compose_binary()
 
+    def context(ctx: Path) -> None:
+        shutil.copytree(build_wheels(tmp_path_factory), ctx / "wheels")
+        shutil.copy2(compose, ctx / "docker-compose")
+        shutil.copy2(UNIT, ctx / "gitops-agent.service")
 
-def sh(c: Any, *argv: str) -> tuple[int, str]:
-    code, out = c.exec_run(list(argv))
-    return int(code), out.decode(errors="replace")
-
-
-def show(c: Any, *props: str) -> dict[str, str]:
-    code, out = sh(c, "systemctl", "show", "gitops-agent", *(f"--property={p}" for p in props))
-    assert code == 0, out
-    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
-
-
-def journal(c: Any) -> str:
-    return sh(c, "journalctl", "-u", "gitops-agent", "--no-pager", "-o", "cat")[1]
-
-
-def wait_status(c: Any, needle: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    status = ""
-    while time.monotonic() < deadline:
-        status = show(c, "StatusText")["StatusText"]
-        if needle in status:
-            return status
-        time.sleep(0.5)
-    raise AssertionError(f"StatusText never had {needle!r} (last: {status!r}); journal:\n"
-                         + journal(c)[-4000:])
-
-
-def put_file(c: Any, path: str, text: str, mode: int = 0o640) -> None:
-    data = text.encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo(Path(path).name)
-        info.size, info.mode = len(data), mode
-        tar.addfile(info, io.BytesIO(data))
-    # as the unit creates it (ConfigurationDirectoryMode=0750), so systemd has nothing to fix
-    sh(c, "mkdir", "-p", "-m", "0750", "--", str(Path(path).parent))
-    assert c.put_archive(str(Path(path).parent), buf.getvalue())
+    return build_image(docker_client, IMAGE_REPO, DOCKERFILE.format(base=debian_base_image),
+                       [*agent_sources(), UNIT, compose], context, tmp_path_factory)
 
 
 @pytest.fixture
 def systemd_host(systemd_agent_image: str, docker_client: docker.DockerClient,
                  harness: Any) -> Iterator[Any]:
-    c = docker_client.containers.run(
-        systemd_agent_image, detach=True, name=f"gitops-systemd-{uuid.uuid4().hex[:8]}",
-        cap_add=["SYS_ADMIN"], tmpfs={"/run": "", "/run/lock": ""},
-        volumes={
-            "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"},
-            "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
-            str(harness.project.root): {"bind": MOUNT, "mode": "rw"},
-        },
-        # the registry listens on the host's loopback; the agent reaches it (and git) there
-        network_mode="host",
-    )
-    try:
-        deadline = time.monotonic() + 60
-        state = ""
-        while time.monotonic() < deadline:
-            c.reload()
-            if c.status != "running":
-                pytest.fail("the systemd container exited at boot; its log:\n"
-                            + c.logs().decode(errors="replace")[-3000:], pytrace=False)
-            state = sh(c, "systemctl", "is-system-running")[1].strip()
-            if state in ("running", "degraded"):
-                break
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"systemd did not finish booting in 60 s (state {state!r}): "
-                        + sh(c, "systemctl", "--failed", "--no-pager")[1], pytrace=False)
+    with booted(docker_client, systemd_agent_image, "gitops-systemd",
+                {str(harness.project.root): MOUNT}) as c:
         yield c
-    finally:
-        c.remove(force=True)
 
 
 def test_unit_under_real_systemd_starts_deploys_reloads_logs_json_and_stops(harness, systemd_host):
