@@ -53,6 +53,8 @@ def check_config(path: Path) -> list[str]:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         return [f"(file): not valid TOML: {e}"]
+    if "stack" in data or "repo" in data:
+        return _check_stacks(data, path)
     problems = _schema(data, path)
     base = path.parent
     problems += _files(data, base)
@@ -60,6 +62,31 @@ def check_config(path: Path) -> list[str]:
     problems += _compose(data, base)
     problems += _state_dir(data, base)
     return problems
+
+
+def _check_stacks(data: dict[str, Any], path: Path) -> list[str]:
+    """A config of [[stack]] tables: the schema of the whole file, the agent's own files,
+    then each stack's source, trust and compose files, at ``stack.<name>.``."""
+    from agent.stacks import parse_agent_file
+
+    problems: list[str] = []
+    try:
+        parse_agent_file(data, str(path), base=path.parent)
+    except ConfigError as e:
+        problems += [_key_line(p, "(top level)") for p in e.problems]
+    shared = {k: v for k, v in data.items() if k not in ("stack", "repo", "source", "compose")}
+    problems += _files(shared, path.parent) + _notify(shared) + _state_dir(shared, path.parent)
+    repos = {r.get("name"): r for r in data.get("repo") or [] if isinstance(r, dict)}
+    stacks = data.get("stack") if isinstance(data.get("stack"), list) else []
+    for st in stacks or []:
+        if not isinstance(st, dict) or not isinstance(st.get("name"), str):
+            continue
+        src = repos.get(st.get("repo")) if "repo" in st else st.get("source")
+        own = {"source": src if isinstance(src, dict) else {}, "compose": st.get("compose"),
+               "trust": st.get("trust")}
+        problems += [f"stack.{st['name']}.{p}"
+                     for p in _files(own, path.parent) + _compose(own, path.parent)]
+    return list(dict.fromkeys(problems))
 
 
 def render(path: Path, problems: Sequence[str]) -> list[str]:

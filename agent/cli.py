@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import log as agent_log
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config
-from agent.errors import AgentError
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig
+from agent.errors import AgentError, ConfigError
 from agent.outcomes import EXIT_ENVIRONMENT, EXIT_INVALID, EXIT_OK, disposition
 from agent.state import GATE_OUTCOMES
 
@@ -167,6 +167,9 @@ def _common_options(p: argparse.ArgumentParser, *, default: bool) -> None:
     p.add_argument("--config", type=Path, default=None if default else keep,
                    help=f"agent config (TOML); default $GITOPS_AGENT_CONFIG, else "
                    f"{DEFAULT_CONFIG_PATH}")
+    p.add_argument("--stack", default=None if default else keep, metavar="NAME",
+                   help="with [[stack]] tables: only this stack (default: every stack, one "
+                   "section each)")
     p.add_argument("--log-format", choices=("auto", "json", "console"),
                    default="auto" if default else keep)
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
@@ -220,27 +223,49 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
             from agent.bump_cli import cmd_bump
 
             return cmd_bump(args)
-        cfg = load_config(config_path(args))
+        from agent.stacks import load_agent_file
+
+        file = load_agent_file(config_path(args))
+        specs = file.select(args.stack)
+        if args.command == "run":
+            if args.stack is not None:
+                raise ConfigError("--stack", ["run serves every stack of the config; --stack "
+                                              "is for sync, status, diff, history and the "
+                                              "operator commands"])
+            from agent.daemon import run_daemon
+
+            return run_daemon(file if file.multi else specs[0].cfg)
+        if file.multi:
+            from agent.stacks_cli import for_each_stack
+
+            return for_each_stack(file, specs, args, one_stack)
+        return one_stack(specs[0].cfg, args, None)
+    except AgentError as e:
+        return _die(e)
+    except KeyboardInterrupt:
+        return 130
+
+
+def one_stack(cfg: AgentConfig, args: argparse.Namespace, lock_dir: Path | None,
+              rec: Reconciler | None = None) -> int:
+    """The command on one stack (``lock_dir``: the agent's lock, with [[stack]] tables
+    state_dir's rather than the stack's own; ``rec``: its pass as agent/stacks.py built it,
+    reading the shared repo)."""
+    try:
         if args.command == "sync":
-            return cmd_sync(cfg, force=args.force)
+            return cmd_sync(cfg, force=args.force, lock_dir=lock_dir)
         if args.command == "status":
-            return cmd_status(cfg, as_json=args.json)
+            return cmd_status(cfg, as_json=args.json, rec=rec)
         if args.command == "diff":
-            return cmd_diff(cfg, as_json=args.json, exit_code=args.exit_code)
+            return cmd_diff(cfg, as_json=args.json, exit_code=args.exit_code, rec=rec)
         if args.command == "history":
             return cmd_history(cfg, as_json=args.json, n=args.n)
         if args.command in ("freeze", "unfreeze", "rollback"):
             from agent.controls_cli import cmd_control
 
-            return cmd_control(cfg, args)
-        if args.command == "run":
-            from agent.daemon import run_daemon
-
-            return run_daemon(cfg)
+            return cmd_control(cfg, args, lock_dir=lock_dir)
     except AgentError as e:
         return _die(e)
-    except KeyboardInterrupt:
-        return 130
     raise AssertionError(args.command)  # pragma: no cover
 
 
@@ -251,12 +276,12 @@ def _reconciler(cfg: AgentConfig, *, report: bool = False) -> Reconciler:
     return build_reconciler(cfg, report=report)
 
 
-def cmd_sync(cfg: AgentConfig, *, force: bool) -> int:
+def cmd_sync(cfg: AgentConfig, *, force: bool, lock_dir: Path | None = None) -> int:
     from agent.state import StateLock, StateStore
 
     StateStore(cfg.agent.state_dir).ensure_dir()
     rec = _reconciler(cfg, report=True)
-    with StateLock(cfg.agent.state_dir):
+    with StateLock(lock_dir or cfg.agent.state_dir):
         result = rec.run_pass(force=force)
     code = result.exit_code
     if code != EXIT_OK and result.reason:
@@ -354,10 +379,10 @@ def status_exit_code(view: StatusView) -> int:
     return STATUS_OK
 
 
-def cmd_status(cfg: AgentConfig, *, as_json: bool) -> int:
+def cmd_status(cfg: AgentConfig, *, as_json: bool, rec: Reconciler | None = None) -> int:
     from agent import queries
 
-    view = queries.status(_reconciler(cfg))
+    view = queries.status(rec or _reconciler(cfg))
     code = status_exit_code(view)
     if as_json:
         doc = {"kind": "status", "version": 1, "exit_code": code,
@@ -431,12 +456,13 @@ def _would_change(view: DiffView) -> bool:
     return bool(view.changes or view.files_written or view.files_removed)
 
 
-def cmd_diff(cfg: AgentConfig, *, as_json: bool = False, exit_code: bool = False) -> int:
+def cmd_diff(cfg: AgentConfig, *, as_json: bool = False, exit_code: bool = False,
+             rec: Reconciler | None = None) -> int:
     from agent import queries
     from agent.state import StateStore
 
     StateStore(cfg.agent.state_dir).ensure_dir()
-    view = queries.diff(_reconciler(cfg))
+    view = queries.diff(rec or _reconciler(cfg))
     code = 1 if exit_code and _would_change(view) else EXIT_OK
     if as_json:
         print(json.dumps(diff_json(view), indent=2))

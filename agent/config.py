@@ -296,6 +296,9 @@ class AgentSection(_Strict):
     windows: list[str] | None = None
     timezone: str = "UTC"
     keep_releases: Annotated[int, Field(ge=1, le=100)] = 3
+    # [[stack]]: how many stacks' passes may run at once (a stack waits for the stacks it
+    # depends on whatever this is)
+    stack_concurrency: Annotated[int, Field(ge=1, le=32)] = 2
 
     @field_validator("windows")
     @classmethod
@@ -380,8 +383,9 @@ class GitHubReportConfig(_Strict):
     @field_validator("context")
     @classmethod
     def _placeholders(cls, v: str) -> str:
-        if v.replace("{host}", "").count("{") or v.replace("{host}", "").count("}"):
-            raise ValueError("only the {host} placeholder is known")
+        rest = v.replace("{host}", "").replace("{stack}", "")
+        if rest.count("{") or rest.count("}"):
+            raise ValueError("only the {host} and {stack} placeholders are known")
         return v
 
 
@@ -459,6 +463,9 @@ class AgentConfig(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     notify: NotifyConfig | None = None
     webhook: WebhookConfig | None = None
+    # the stack's name in reports (commit status context, metrics, notifications): set for
+    # each [[stack]] by agent/stacks.py; None for a config without [[stack]] tables
+    stack_name: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
     @model_validator(mode="after")
     def _report_repo(self) -> AgentConfig:
@@ -567,23 +574,31 @@ def _coerce_paths(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: Path) -> AgentConfig:
+def read_toml(path: Path) -> dict[str, Any]:
+    """The config file's TOML; ConfigError naming the file when it cannot be read."""
     try:
         raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(str(path), [f"cannot read: {e.strerror}"]) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(str(path), [f"not valid TOML: {e}"]) from None
-    cfg = parse_config(data, str(path))
-    if not cfg.compose.project_dir.is_absolute():
-        # relative project_dir: relative to the config file, like compose does for -f
-        cfg = cfg.model_copy(
-            update={
-                "compose": cfg.compose.model_copy(
-                    update={"project_dir": (path.parent / cfg.compose.project_dir).resolve()}
-                )
-            }
-        )
-    return cfg
+
+
+def resolve_project_dir(cfg: AgentConfig, base: Path) -> AgentConfig:
+    """A relative project_dir is relative to the config file, like compose does for -f."""
+    if cfg.compose.project_dir.is_absolute():
+        return cfg
+    return cfg.model_copy(update={"compose": cfg.compose.model_copy(
+        update={"project_dir": (base / cfg.compose.project_dir).resolve()})})
+
+
+def load_config(path: Path) -> AgentConfig:
+    """A config of one stack (no ``[[stack]]`` tables); agent/stacks.py reads either form."""
+    data = read_toml(path)
+    if "stack" in data or "repo" in data:
+        raise ConfigError(str(path), [
+            "has [[stack]] tables: each stack is configured on its own (gitops-agent reads "
+            "it whole; this command needs one stack)"])
+    return resolve_project_dir(parse_config(data, str(path)), path.parent)

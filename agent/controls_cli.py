@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.errors import LockHeld
@@ -22,7 +23,8 @@ def _describe(rec: object) -> str:
     return f"frozen by {by} at {iso(at)}: {reason}"
 
 
-def cmd_control(cfg: AgentConfig, args: argparse.Namespace) -> int:
+def cmd_control(cfg: AgentConfig, args: argparse.Namespace, *,
+                lock_dir: Path | None = None) -> int:
     from agent import controls
 
     user = controls.current_user()
@@ -43,21 +45,21 @@ def cmd_control(cfg: AgentConfig, args: argparse.Namespace) -> int:
             print(f"unfrozen by {user} (was {_describe(lifted)}); the next pass applies the "
                   "desired revision")
         return EXIT_OK
-    return _rollback(cfg, args.to, user)
+    return _rollback(cfg, args.to, user, lock_dir or state_dir)
 
 
-def _rollback(cfg: AgentConfig, to: str | None, user: str) -> int:
+def _rollback(cfg: AgentConfig, to: str | None, user: str, lock_dir: Path) -> int:
     from agent import controls
     from agent.app import build_reconciler
     from agent.state import StateLock, StateStore
 
     state_dir = cfg.agent.state_dir
     StateStore(state_dir).ensure_dir()
-    lock = StateLock(state_dir)
+    lock = StateLock(lock_dir)  # the agent's one lock ([[stack]]: state_dir's)
     try:
         lock.acquire()
     except LockHeld:
-        pid = controls.lock_holder(state_dir)
+        pid = controls.lock_holder(lock_dir)
         if pid is None:
             raise
         print(f"the agent is running (pid {pid}): asking it to roll back before its next pass")

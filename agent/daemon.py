@@ -40,6 +40,7 @@ from agent.config import AgentConfig
 from agent.edges.systemd import Notifier, watchdog_interval
 from agent.outcomes import PassResult
 from agent.reconcile import Reconciler
+from agent.stacks import AgentFile
 from agent.state import StateLock, StateStore
 
 log = structlog.get_logger()
@@ -88,16 +89,26 @@ class MonotonicSchedule:
 
 
 class Daemon:
-    def __init__(self, cfg: AgentConfig, reconciler: Reconciler | None = None,
-                 notifier: Notifier | None = None, monotonic: Clock = time.monotonic) -> None:
-        self.cfg = cfg
-        if reconciler is None:
-            from agent.app import build_reconciler
+    """``cfg``: a one-stack config, or the whole config file (``[[stack]]`` tables: every
+    stack's pass each round, agent/stacks.py). ``reconciler``: the one stack's pass, built
+    elsewhere (tests)."""
 
+    def __init__(self, cfg: AgentConfig | AgentFile, reconciler: Reconciler | None = None,
+                 notifier: Notifier | None = None, monotonic: Clock = time.monotonic) -> None:
+        from agent.stacks import StackRun, StackSet, single
+
+        file = cfg if isinstance(cfg, AgentFile) else single(cfg)
+        if reconciler is not None:
+            stacks = StackSet(file, [StackRun(file.specs[0], reconciler)],
+                              observers=list(getattr(reconciler, "observers", ())))
+        else:
             # the daemon serves GET /metrics on [metrics] listen
-            reconciler = build_reconciler(cfg, report=True, serve_metrics=True)
-        self.observers = list(getattr(reconciler, "observers", ()))
-        self.reconciler = reconciler
+            stacks = StackSet.build(file, report=True, serve_metrics=True)
+        self.file = file
+        self.cfg = file.specs[0].cfg  # the first stack's (the only one's without [[stack]])
+        self.agent = file.agent
+        self.stacks = stacks
+        self.reconciler = stacks.runs[0].rec  # the first stack's (one-stack tests read it)
         self.notifier = notifier or Notifier()
         self.monotonic = monotonic
         self.scheduler = BackgroundScheduler(
@@ -134,11 +145,13 @@ class Daemon:
     def _one_pass(self) -> None:
         self._pass_started = self.monotonic()
         self.passes += 1
-        result: PassResult | None = None
+        result: PassResult | str | None = None
         try:
             from agent.controls import daemon_pass  # a pending `rollback` request first
 
-            result = daemon_pass(self.reconciler, self.cfg.agent.state_dir)
+            results = self.stacks.run_round(
+                lambda run: daemon_pass(run.rec, run.spec.cfg.agent.state_dir))
+            result = _summary(results) if self.file.multi else results.popitem()[1]
         except Exception as e:  # noqa: BLE001 - the daemon lives on; next pass as scheduled
             log.error("agent.daemon.pass_crashed", error=repr(e))
         finally:
@@ -146,7 +159,9 @@ class Daemon:
             # a crashed pass still completed: the daemon's machinery is alive
             self._last_completed = self.monotonic()
             self.completed += 1
-        if result is not None:
+        if isinstance(result, str):
+            self.notifier.status(result)
+        elif result is not None:
             rev = (result.revision or "-")[:12]
             when = datetime.now().astimezone().strftime("%H:%M:%S")
             line = f"{result.outcome} at {rev} ({when})"
@@ -180,9 +195,10 @@ class Daemon:
         up to health_timeout again, and the pulls, git fetch and compose calls before them
         are bounded by their own timeouts -- a third health_timeout plus LIVENESS_SLACK
         covers those generously, so a slow but legitimate pass is never killed."""
-        a = self.cfg.agent
-        return (a.interval_seconds + a.jitter_seconds + 3 * a.health_timeout_seconds
-                + LIVENESS_SLACK_SECONDS)
+        a = self.agent
+        # stacks run one after another in the worst case (dependencies, concurrency 1)
+        health = sum(s.cfg.agent.health_timeout_seconds for s in self.file.specs)
+        return a.interval_seconds + a.jitter_seconds + 3 * health + LIVENESS_SLACK_SECONDS
 
     def _alive(self, now: float) -> bool:
         """Passes keep completing: the last one completed (or the daemon started) within
@@ -210,18 +226,19 @@ class Daemon:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
-        a = self.cfg.agent
+        a = self.agent
         self._started = self.monotonic()
         schedule = MonotonicSchedule(a.interval_seconds, a.jitter_seconds, self._started)
         from agent.webhook import start_webhook
 
         # a signed push takes the SIGHUP path (hup() only sets flags: thread-safe, coalesced)
-        webhook = start_webhook(self.cfg, self.hup)
+        webhook = start_webhook(self.file.specs[0].cfg, self.hup)
         self.scheduler.start()
         log.info("agent.daemon.started", interval_seconds=a.interval_seconds,
                  jitter_seconds=a.jitter_seconds, liveness_bound_seconds=self.liveness_bound(),
-                 project=self.cfg.compose.name, source=self.reconciler.source.describe())
-        self.notifier.ready(f"started; polling {self.reconciler.source.describe()}")
+                 project=", ".join(s.cfg.compose.name for s in self.file.specs),
+                 source=self.stacks.describe())
+        self.notifier.ready(f"started; polling {self.stacks.describe()}")
         wd = watchdog_interval()
         next_ping = self._started
         try:
@@ -252,11 +269,7 @@ class Daemon:
             self.notifier.stopping()
             if self.scheduler.running:
                 self.scheduler.shutdown(wait=True)  # a pass in flight finishes or rolls back
-            self.reconciler.engine.close()
-            for o in self.observers:
-                close = getattr(o, "close", None)
-                if close is not None:
-                    close()  # the metrics server
+            self.stacks.close()  # engines, and the metrics server
             log.info("agent.daemon.stopped", passes=self.passes)
             self.notifier.close()
         return 0
@@ -272,13 +285,22 @@ class Daemon:
         self._wake.set()
 
 
-def run_daemon(cfg: AgentConfig) -> int:
+def _summary(results: dict[str, PassResult | None]) -> str:
+    """The systemd status line for a round of many stacks."""
+    parts = [f"{name} {r.outcome if r is not None else 'crashed'}"
+             for name, r in sorted(results.items())]
+    when = datetime.now().astimezone().strftime("%H:%M:%S")
+    return f"{', '.join(parts)} ({when})"[:400]
+
+
+def run_daemon(cfg: AgentConfig | AgentFile) -> int:
     logging.basicConfig(level=logging.WARNING)  # APScheduler's own warnings, if any
     # APScheduler's own records are plain text; the agent logs what matters as events
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
-    store = StateStore(cfg.agent.state_dir)
+    state_dir = cfg.state_dir if isinstance(cfg, AgentFile) else cfg.agent.state_dir
+    store = StateStore(state_dir)
     store.ensure_dir()
-    lock = StateLock(cfg.agent.state_dir)
+    lock = StateLock(state_dir)  # one lock for every stack
     lock.acquire()  # LockHeld: the second agent refuses to start (exit 4)
     try:
         daemon = Daemon(cfg)

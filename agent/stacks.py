@@ -1,3 +1,608 @@
-"""Many stacks in one agent (``[[stack]]``): one pass runner per stack."""
+"""Many stacks in one agent: ``[[stack]]`` tables, one pass per stack, one fetch per repo.
+
+A config without ``[[stack]]`` tables is one implicit stack, run exactly as before (its state
+in state_dir itself). With them, each stack is a compose project of its own with its own
+source (``[stack.source]``, or a shared ``[[repo]]`` it names), desired-state path, compose
+settings, update/health settings and trust, and its own state in
+``state_dir/stacks/<name>/`` (history, freeze, rollback, retention). One daemon, one lock
+(state_dir's), one schedule: each round
+
+* fetches each repo once (:class:`SharedRepo`): the stacks of a repo read their files from
+  that one fetch, so ten stacks on one repo cost one conditional request per interval;
+* hands each stack the newest commit that changed *its* files (:class:`StackSource`): a
+  commit to one stack's folder is, to every other stack, the revision it already runs: an
+  idle pass, nothing re-validated, nothing recreated; its applied revision stays the last
+  commit that changed its paths;
+* runs the stacks' passes, up to ``[agent] stack_concurrency`` at once, a stack only after
+  the stacks it ``depends_on`` finished theirs (:meth:`StackSet.run_round`). A stack that
+  fails (invalid, rolled back, engine error, even a crash) is that stack's outcome only; its
+  dependents hold their releases and say why (:class:`DependencyGate`) until it runs its
+  desired revision healthy again.
+"""
 
 from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from agent.config import (
+    AgentConfig,
+    AgentSection,
+    MetricsConfig,
+    WebhookConfig,
+    parse_config,
+    read_toml,
+    resolve_project_dir,
+)
+from agent.errors import AgentError, ConfigError, DesiredStateError
+from agent.ports import Fetched, GateAnswer, GateQuestion
+
+if TYPE_CHECKING:
+    from agent.outcomes import PassResult
+    from agent.reconcile import Reconciler
+
+log = structlog.get_logger()
+
+NAME_PATTERN = "[a-z0-9][a-z0-9_-]{0,62}"
+DEFAULT_STACK_CONTEXT = "deploy/{host}/{stack}"
+# the [agent] settings a [[stack]] may set for itself; the rest (interval, state_dir, host,
+# ...) are the agent's
+STACK_AGENT_KEYS = (
+    "health_timeout_seconds", "settle_seconds", "handover_seconds", "windows", "timezone",
+    "keep_releases", "history_limit", "pull_stall_timeout_seconds", "pull_concurrency",
+)
+STACK_KEYS = ("name", "repo", "source", "path", "compose", "depends_on", "trust",
+              *STACK_AGENT_KEYS)
+
+
+# ====================================================================== the config
+@dataclass(frozen=True)
+class StackSpec:
+    """One stack: its name, its config as a one-stack AgentConfig (state_dir its own), the
+    stacks it waits for, and the key of the repo it reads (stacks with one key share a
+    fetch)."""
+
+    name: str
+    cfg: AgentConfig
+    depends_on: tuple[str, ...] = ()
+    repo_key: str = "default"
+    implicit: bool = True
+
+
+@dataclass(frozen=True)
+class AgentFile:
+    """The whole config file: its stacks and the settings the agent has once (the lock and
+    schedule in ``agent``, the webhook and metrics listeners)."""
+
+    specs: tuple[StackSpec, ...]
+    agent: AgentSection
+    webhook: WebhookConfig | None
+    metrics: MetricsConfig
+    multi: bool = False
+
+    @property
+    def state_dir(self) -> Path:
+        return self.agent.state_dir
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def select(self, name: str | None) -> list[StackSpec]:
+        """All stacks, or the one named (``--stack NAME``); ConfigError for an unknown name."""
+        if name is None:
+            return list(self.specs)
+        for s in self.specs:
+            if s.name == name:
+                return [s]
+        known = ", ".join(self.names())
+        raise ConfigError("--stack", [f"no stack named {name!r} in the config "
+                                      f"(stacks: {known})"])
+
+
+def load_agent_file(path: Path) -> AgentFile:
+    """Read and validate the config file, either form; every problem at once."""
+    return parse_agent_file(read_toml(path), str(path), base=path.parent)
+
+
+def single(cfg: AgentConfig) -> AgentFile:
+    """A config without [[stack]] tables as the one implicit stack."""
+    spec = StackSpec(cfg.compose.name, cfg)
+    return AgentFile((spec,), cfg.agent, cfg.webhook, cfg.metrics)
+
+
+def parse_agent_file(data: dict[str, Any], source: str = "config",
+                     base: Path | None = None) -> AgentFile:
+    if "stack" not in data and "repo" not in data:
+        cfg = parse_config(data, source)
+        return single(resolve_project_dir(cfg, base) if base is not None else cfg)
+    problems: list[str] = []
+    for key in ("source", "compose"):
+        if key in data:
+            problems.append(f"{key}: with [[stack]] tables each stack has its own "
+                            f"[stack.{key}]; move the top-level [{key}] into a [[stack]]")
+    repos = _repos(data.get("repo", []), problems)
+    stacks_raw = data.get("stack")
+    if not isinstance(stacks_raw, list) or not stacks_raw or \
+            not all(isinstance(s, dict) for s in stacks_raw):
+        problems.append("stack: at least one [[stack]] table is needed")
+        stacks_raw = []
+    shared = {k: v for k, v in data.items() if k not in ("stack", "repo", "source", "compose")}
+    agent_raw = shared.get("agent")
+    top_agent: dict[str, Any] = agent_raw if isinstance(agent_raw, dict) else {}
+    state_dir = Path(os.path.expanduser(str(
+        top_agent.get("state_dir", AgentSection().state_dir))))
+    specs: list[StackSpec] = []
+    seen: set[str] = set()
+    for i, raw in enumerate(stacks_raw):
+        spec = _stack(i, raw, shared, repos, state_dir, seen, problems, source)
+        if spec is not None:
+            specs.append(spec if base is None
+                         else replace(spec, cfg=resolve_project_dir(spec.cfg, base)))
+    top = None
+    try:
+        top = parse_config({**shared, "source": {"repo": "-"},
+                            "compose": {"project_dir": "/"}}, source)
+    except ConfigError as e:
+        problems += [p for p in e.problems if not p.startswith(("source", "compose"))]
+    problems += _cross_checks(specs)
+    if problems or top is None:
+        raise ConfigError(source, list(dict.fromkeys(problems)))
+    return AgentFile(tuple(specs), top.agent, top.webhook, top.metrics, multi=True)
+
+
+def _repos(raw: Any, problems: list[str]) -> dict[str, dict[str, Any]]:
+    import re
+
+    repos: dict[str, dict[str, Any]] = {}
+    if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+        problems.append("repo: must be [[repo]] tables")
+        return repos
+    for i, r in enumerate(raw):
+        name = r.get("name")
+        where = f"repo.{name}" if isinstance(name, str) else f"repo[{i}]"
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            problems.append(f"{where}.name: required, lower-case letters, digits, - and _")
+            continue
+        if name in repos:
+            problems.append(f"{where}: a second [[repo]] named {name!r}")
+            continue
+        if "path" in r:
+            problems.append(f"{where}.path: the desired-state path is each stack's: set "
+                            "path in the [[stack]] tables that name this repo")
+        repos[name] = {k: v for k, v in r.items() if k not in ("name", "path")}
+    return repos
+
+
+def _stack(i: int, raw: dict[str, Any], shared: dict[str, Any],
+           repos: Mapping[str, dict[str, Any]], state_dir: Path, seen: set[str],
+           problems: list[str], source: str) -> StackSpec | None:
+    import re
+
+    name = raw.get("name")
+    where = f"stack.{name}" if isinstance(name, str) else f"stack[{i}]"
+    ok = True
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        problems.append(f"{where}.name: required, lower-case letters, digits, - and _ "
+                        "(it names the stack's directory under state_dir/stacks)")
+        return None
+    if name in seen:
+        problems.append(f"{where}: a second [[stack]] named {name!r}")
+        return None
+    seen.add(name)
+    for k in raw:
+        if k not in STACK_KEYS:
+            problems.append(f"{where}.{k}: unknown key (a stack takes: {', '.join(STACK_KEYS)})")
+            ok = False
+    repo, inline = raw.get("repo"), raw.get("source")
+    if (repo is None) == (inline is None):
+        problems.append(f"{where}: set exactly one of repo = \"<a [[repo]] name>\" and "
+                        "[stack.source]")
+        return None
+    if repo is not None:
+        if repo not in repos:
+            known = ", ".join(repos) or "none"
+            problems.append(f"{where}.repo: no [[repo]] named {repo!r} (repos: {known})")
+            return None
+        src, key = dict(repos[repo]), f"repo:{repo}"
+    elif isinstance(inline, dict):
+        src, key = dict(inline), f"stack:{name}"
+    else:
+        problems.append(f"{where}.source: must be a table")
+        return None
+    if "path" in raw:
+        src["path"] = raw["path"]
+    if "compose" not in raw:
+        problems.append(f"{where}.compose: required ([stack.compose] with project_dir)")
+        return None
+    depends = raw.get("depends_on", [])
+    if not isinstance(depends, list) or not all(isinstance(d, str) for d in depends):
+        problems.append(f"{where}.depends_on: must be a list of stack names")
+        depends = []
+    agent = dict(shared.get("agent") or {})
+    agent.update({k: raw[k] for k in STACK_AGENT_KEYS if k in raw})
+    agent["state_dir"] = str(state_dir / "stacks" / name)
+    agent.pop("stack_concurrency", None)
+    derived: dict[str, Any] = {**shared, "source": src, "compose": raw["compose"],
+                               "agent": agent, "stack_name": name}
+    if "trust" in raw:
+        derived["trust"] = raw["trust"]
+    report = derived.get("report")
+    if isinstance(report, dict) and isinstance(report.get("github"), dict):
+        gh = dict(report["github"])
+        gh.setdefault("context", DEFAULT_STACK_CONTEXT)
+        derived["report"] = {**report, "github": gh}
+    try:
+        cfg = parse_config(derived, source)
+    except ConfigError as e:
+        problems += [_where(p, where, raw) for p in e.problems]
+        return None
+    if not ok:
+        return None
+    return StackSpec(name, cfg, tuple(depends), key, implicit=False)
+
+
+def _where(problem: str, where: str, raw: Mapping[str, Any]) -> str:
+    """A one-stack config's problem, at its path in the file."""
+    if problem.startswith(("source.", "source:", "compose.", "compose:", "trust.")):
+        if problem.startswith("source") and "repo" in raw:
+            return f"repo.{raw['repo']}{problem.removeprefix('source')}"
+        return f"{where}.{problem}"
+    key = problem.removeprefix("agent.").split(":", 1)[0].split(".", 1)[0]
+    if problem.startswith("agent.") and key in raw:
+        return f"{where}.{problem.removeprefix('agent.')}"
+    return problem
+
+
+def _cross_checks(specs: Sequence[StackSpec]) -> list[str]:
+    problems: list[str] = []
+    names = {s.name for s in specs}
+    by_project: dict[str, str] = {}
+    by_dir: dict[Path, str] = {}
+    for s in specs:
+        for d in s.depends_on:
+            if d == s.name:
+                problems.append(f"stack.{s.name}.depends_on: a stack cannot depend on itself")
+            elif d not in names:
+                problems.append(f"stack.{s.name}.depends_on: no stack named {d!r}")
+        project = s.cfg.compose.name
+        if project in by_project:
+            problems.append(f"stack.{s.name}.compose: compose project {project!r} is stack "
+                            f"{by_project[project]}'s too; set compose.project_name")
+        by_project.setdefault(project, s.name)
+        pdir = s.cfg.compose.project_dir
+        if pdir in by_dir:
+            problems.append(f"stack.{s.name}.compose.project_dir: {pdir} is stack "
+                            f"{by_dir[pdir]}'s too; each stack has its own project_dir")
+        by_dir.setdefault(pdir, s.name)
+    cycle = _cycle({s.name: [d for d in s.depends_on if d in names] for s in specs})
+    if cycle:
+        problems.append("stack.depends_on: a cycle: " + " -> ".join(cycle))
+    first: dict[str, StackSpec] = {}
+    for s in specs:
+        f = first.setdefault(s.repo_key, s)
+        a, b = f.cfg.trust, s.cfg.trust
+        if (a.require_signed_commits, a.allowed_signers_file) != \
+                (b.require_signed_commits, b.allowed_signers_file):
+            problems.append(f"stack.{s.name}.trust: the stacks of one repo read one fetch: "
+                            f"require_signed_commits and allowed_signers_file must be "
+                            f"stack {f.name}'s")
+    return problems
+
+
+def _cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        path.append(n)
+        for d in graph.get(n, ()):
+            if state.get(d) == 1:
+                return path[path.index(d):] + [d]
+            if d not in state and (found := visit(d)):
+                return found
+        path.pop()
+        state[n] = 2
+        return None
+
+    for n in graph:
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+# ====================================================================== the source
+class SharedRepo:
+    """One repository's fetch, made once per round whatever number of stacks read it."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source  # a Source that is a FileSource too (git, GitHub)
+        self._lock = threading.Lock()
+        self._got: Fetched | None = None
+        self._error: AgentError | None = None
+        self.round = 0
+        self.fetches = 0
+
+    def new_round(self) -> None:
+        with self._lock:
+            self._got, self._error = None, None
+            self.round += 1
+
+    def fetch(self, *, again: bool = False) -> Fetched:
+        """This round's fetch; ``again`` (a stack's retry) fetches anew."""
+        with self._lock:
+            if again or (self._got is None and self._error is None):
+                self.fetches += 1
+                try:
+                    self._got, self._error = self.source.fetch(), None
+                except AgentError as e:
+                    self._got, self._error = None, e
+            if self._error is not None:
+                raise self._error
+            assert self._got is not None
+            return self._got
+
+
+class StackSource:
+    """A stack's view of its repo: the round's fetch, read at the stack's desired-state path,
+    and -- when the new commit changed none of the stack's files -- the revision the stack
+    already has, so that stack's pass is idle."""
+
+    def __init__(self, repo: SharedRepo, cfg: AgentConfig,
+                 last_revision: Callable[[], str | None]) -> None:
+        self.repo = repo
+        self.path = cfg.source.path
+        self.paths = list(cfg.compose.from_repo or [])
+        self.last_revision = last_revision
+        self._seen_round = -1
+        self._last: tuple[str, bytes, dict[str, bytes]] | None = None
+
+    def describe(self) -> str:
+        inner = str(self.repo.source.describe())
+        base = inner.rsplit(":", 1)[0] if inner.endswith(":" + self.repo.source.path) \
+            else inner
+        return f"{base}:{self.path}"
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        return bool(self.repo.source.is_ancestor(ancestor, descendant))
+
+    def read_files(self, revision: str, paths: Sequence[str]) -> dict[str, bytes]:
+        return dict(self.repo.source.read_files(revision, paths))
+
+    def fetch(self) -> Fetched:
+        again = self._seen_round == self.repo.round  # the pass retries: a real fetch
+        self._seen_round = self.repo.round
+        head = self.repo.fetch(again=again)
+        if head.trust_error:
+            return replace(head, content=b"", path=self.path)
+        content = self._content(head)
+        files = self.read_files(head.revision, self.paths) if self.paths else {}
+        last = self._last or self._load_last()
+        if last is not None and last[0] != head.revision and (last[1], last[2]) == (content, files):
+            log.debug("agent.stack.unchanged", revision=head.revision[:12], kept=last[0][:12],
+                      message="the new commit changes none of this stack's files")
+            return Fetched(revision=last[0], content=last[1], path=self.path)
+        self._last = (head.revision, content, files)
+        return replace(head, content=content, path=self.path)
+
+    def _content(self, head: Fetched) -> bytes:
+        if head.path == self.path:
+            return head.content
+        if self._last is not None and self._last[0] == head.revision:
+            return self._last[1]
+        return self._read(head.revision)
+
+    def _read(self, revision: str) -> bytes:
+        try:
+            got = self.read_files(revision, [self.path])
+        except AgentError as e:
+            problems = getattr(e, "problems", [str(e)])
+            raise DesiredStateError(f"{self.path}@{revision[:12]}", problems) from None
+        if self.path not in got:
+            raise DesiredStateError(f"{self.path}@{revision[:12]}", [
+                f"no file {self.path!r} at revision {revision[:12]}"])
+        return got[self.path]
+
+    def _load_last(self) -> tuple[str, bytes, dict[str, bytes]] | None:
+        """After a restart: the stack's files at the revision it last attempted, from the
+        mirror (None when that revision is gone: the head is then the stack's news)."""
+        rev = self.last_revision()
+        if rev is None:
+            return None
+        try:
+            content = self._read(rev)
+            files = self.read_files(rev, self.paths) if self.paths else {}
+        except AgentError:
+            return None
+        self._last = (rev, content, files)
+        return self._last
+
+
+# ====================================================================== dependencies
+class DependencyGate:
+    """A stack releases only while the stacks it depends on run their desired revision
+    healthy (their pass this round, else their last recorded one, ended ``applied`` or
+    ``no-op``). A pass with nothing to change, or one returning to known-good digests, is
+    never held."""
+
+    def __init__(self, name: str, depends_on: Sequence[str],
+                 blocked: Callable[[str], str | None]) -> None:
+        self.name = name
+        self.depends_on = list(depends_on)
+        self.blocked = blocked
+
+    def check(self, question: GateQuestion) -> GateAnswer | None:
+        if not question.services or question.converging:
+            return None
+        for dep in self.depends_on:
+            why = self.blocked(dep)
+            if why is not None:
+                log.info("agent.stack.waiting", depends_on=dep, why=why)
+                return GateAnswer("waiting", f"waiting for stack {dep}: {why}")
+        return None
+
+
+def _why_not(outcome: str, revision: str | None, reason: str | None) -> str:
+    rev = f" at {revision[:12]}" if revision else ""
+    first = reason.splitlines()[0][:160] if reason else ""
+    return f"its last pass ended {outcome}{rev}" + (f" ({first})" if first else "")
+
+
+# ====================================================================== the runner
+@dataclass
+class StackRun:
+    spec: StackSpec
+    rec: Reconciler
+    source: StackSource | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass
+class StackSet:
+    """Every stack's pass, built from the config file by :meth:`build`."""
+
+    file: AgentFile
+    runs: list[StackRun]
+    repos: dict[str, SharedRepo] = field(default_factory=dict)
+    observers: list[Any] = field(default_factory=list)  # to close: observers, metrics
+    results: dict[str, PassResult | None] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, file: AgentFile, *, report: bool = False, serve_metrics: bool = False,
+              only: str | None = None) -> StackSet:
+        from agent.app import build_reconciler
+        from agent.report import build_observers
+
+        specs = file.select(only)
+        if not file.multi:
+            rec = build_reconciler(specs[0].cfg, report=report, serve_metrics=serve_metrics)
+            return cls(file, [StackRun(specs[0], rec)], observers=list(rec.observers))
+        out = cls(file, [])
+        metrics = None
+        if report and (file.metrics.listen is not None or file.metrics.textfile is not None):
+            from agent.report.metrics import StackMetrics
+
+            metrics = StackMetrics(file.metrics.textfile)
+        for spec in specs:
+            repo = out._repo(spec)
+            view = StackSource(repo, spec.cfg, _last_revision(spec.cfg.agent.state_dir))
+            obs = build_observers(spec.cfg, metrics=metrics) if report else []
+            rec = build_reconciler(spec.cfg, report=report, source=view, observers=obs)
+            if report and spec.depends_on:
+                rec.gates.append(DependencyGate(spec.name, spec.depends_on, out.blocked))
+            out.runs.append(StackRun(spec, rec, view))
+            out.observers += obs
+        if metrics is not None and serve_metrics and file.metrics.listen is not None:
+            metrics.serve(file.metrics.listen)
+            out.observers.append(metrics)
+        return out
+
+    def blocked(self, dep: str) -> str | None:
+        """Why stack ``dep`` does not run its desired revision healthy (None: it does):
+        from its pass this round, else (``sync --stack``) from its record."""
+        if dep in self.results:
+            r = self.results[dep]
+            if r is None:
+                return "its pass crashed this round"
+            return None if r.ok else _why_not(r.outcome, r.revision, r.reason)
+        from agent.state import StateStore
+
+        spec = next(s for s in self.file.specs if s.name == dep)
+        last = StateStore(spec.cfg.agent.state_dir).load().last_attempted
+        if last is None:
+            return "it has no pass recorded yet"
+        if last.outcome in ("applied", "no-op"):
+            return None
+        return _why_not(last.outcome, last.revision, last.reason)
+
+    def run(self, name: str) -> StackRun:
+        return next(r for r in self.runs if r.name == name)
+
+    def _repo(self, spec: StackSpec) -> SharedRepo:
+        if spec.repo_key not in self.repos:
+            from agent.reconcile import build_source
+
+            where = (self.file.state_dir / "repos" / spec.repo_key.removeprefix("repo:")
+                     if spec.repo_key.startswith("repo:") else spec.cfg.agent.state_dir)
+            cfg = spec.cfg.model_copy(update={"agent": spec.cfg.agent.model_copy(
+                update={"state_dir": where})})
+            where.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.repos[spec.repo_key] = SharedRepo(build_source(cfg))
+        return self.repos[spec.repo_key]
+
+    # ------------------------------------------------------------------ a round
+    def run_round(self, one: Callable[[StackRun], PassResult | None]) -> dict[str, PassResult | None]:
+        """Each stack's pass (``one``), a stack after the stacks it depends on, up to
+        stack_concurrency at once. Never raises: a crashed stack's result is None."""
+        for r in self.repos.values():
+            r.new_round()
+        self.results.clear()
+        if len(self.runs) == 1:
+            self.results[self.runs[0].name] = self._one(one, self.runs[0])
+            return dict(self.results)
+        pending = {r.name: r for r in self.runs}
+        running: dict[Future[PassResult | None], str] = {}
+        limit = self.file.agent.stack_concurrency
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix="stack") as ex:
+            while pending or running:
+                for name, run in list(pending.items()):
+                    if len(running) >= limit:
+                        break
+                    deps = [d for d in run.spec.depends_on if d in pending or d in running.values()]
+                    if not deps:
+                        del pending[name]
+                        running[ex.submit(self._one, one, run)] = name
+                if not running:  # only a cycle could leave stacks unstartable (refused)
+                    break
+                finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for f in finished:
+                    name = running.pop(f)
+                    self.results[name] = f.result()
+        return dict(self.results)
+
+    def _one(self, one: Callable[[StackRun], PassResult | None],
+             run: StackRun) -> PassResult | None:
+        ctx = {"stack": run.name} if self.file.multi else {}
+        with structlog.contextvars.bound_contextvars(**ctx):
+            try:
+                return one(run)
+            except Exception as e:  # noqa: BLE001 - one stack's crash is that stack's only
+                log.error("agent.stack.crashed", error=repr(e))
+                return None
+
+    def describe(self) -> str:
+        return "; ".join(
+            f"{r.name}: {r.rec.source.describe()}" if self.file.multi
+            else r.rec.source.describe() for r in self.runs)
+
+    def close(self) -> None:
+        for r in self.runs:
+            r.rec.engine.close()
+        for o in self.observers:
+            close = getattr(o, "close", None)
+            if close is not None:
+                close()
+
+
+def _last_revision(state_dir: Path) -> Callable[[], str | None]:
+    def last() -> str | None:
+        from agent.state import StateStore
+
+        st = StateStore(state_dir).load()
+        return st.last_attempted.revision if st.last_attempted else None
+
+    return last
+
+
+__all__ = ["AgentFile", "DependencyGate", "SharedRepo", "StackSet", "StackSource",
+           "StackSpec", "load_agent_file", "parse_agent_file", "single"]

@@ -10,7 +10,7 @@ import json
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
@@ -19,6 +19,9 @@ from agent.config import AgentConfig
 from agent.errors import AgentError
 from agent.ports import PassObserver
 from agent.state import ImageDigest, write_atomic
+
+if TYPE_CHECKING:
+    from agent.report.metrics import StackMetrics
 
 log = structlog.get_logger()
 
@@ -75,15 +78,20 @@ def save_json(path: Path, data: Mapping[str, Any], what: str) -> None:
         log.warning("agent.report.state_write_failed", what=what, error=str(e))
 
 
-def build_observers(cfg: AgentConfig, *, serve_metrics: bool = False) -> list[PassObserver]:
+def build_observers(cfg: AgentConfig, *, serve_metrics: bool = False,
+                    metrics: StackMetrics | None = None) -> list[PassObserver]:
     """The observers the config asks for. ``serve_metrics``: the daemon also serves
     ``GET /metrics`` on ``[metrics] listen`` (a one-off ``sync`` only writes the textfile).
+    ``metrics``: one stack of many; its metrics join the agent's, labelled with the stack
+    (served and written by that StackMetrics).
 
     Raises ConfigError (a bad token file) before any pass runs.
     """
     # local and instant first: metrics never wait behind a slow GitHub or chat server
     observers: list[PassObserver] = []
-    if cfg.metrics.listen is not None or cfg.metrics.textfile is not None:
+    if metrics is not None:
+        observers.append(metrics.observer(cfg))
+    elif cfg.metrics.listen is not None or cfg.metrics.textfile is not None:
         from agent.report.metrics import MetricsObserver
 
         m = MetricsObserver.from_config(cfg)

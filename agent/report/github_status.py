@@ -54,10 +54,11 @@ class GitHubStatusReporter:
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
         post_pending: bool = False,
+        stack: str | None = None,
     ) -> None:
         self.repo = repo
         self.api_url = api_url.rstrip("/")
-        self.context = context.replace("{host}", host)
+        self.context = context.replace("{host}", host).replace("{stack}", stack or "default")
         self.host = host
         self.timeout = timeout
         self.path = state_dir / OUTBOX_FILE
@@ -81,7 +82,8 @@ class GitHubStatusReporter:
         token = read_secret_file(gh.token_file, "report.github.token_file")
         return cls(repo=gh.repo, api_url=gh.api_url, token=token, context=gh.context,
                    host=host_name(cfg), state_dir=cfg.agent.state_dir,
-                   timeout=gh.timeout_seconds, post_pending=gh.post_pending)
+                   timeout=gh.timeout_seconds, post_pending=gh.post_pending,
+                   stack=cfg.stack_name or cfg.compose.name)
 
     # ------------------------------------------------------------------ PassObserver
     def release_started(self, revision: str, services: Sequence[str]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, write_to_textfile
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent import __version__
@@ -81,8 +81,11 @@ class _Snapshot(Collector):
 
 class MetricsObserver:
     def __init__(self, state_dir: Path, *, textfile: Path | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 export: CollectorRegistry | None = None) -> None:
         self.registry = CollectorRegistry()
+        # what is served and written: this registry, or (one stack of many) the agent's
+        self.export = export or self.registry
         self.textfile = textfile
         self.clock = clock
         r = self.registry
@@ -132,22 +135,11 @@ class MetricsObserver:
 
     # ------------------------------------------------------------------ serving
     def serve(self, listen: str) -> None:
-        from prometheus_client import start_http_server
-
-        host, port = listen.rsplit(":", 1)
-        try:
-            self._server, _thread = start_http_server(int(port), addr=host.strip("[]"),
-                                                      registry=self.registry)
-        except OSError as e:
-            raise AgentEnvironmentError(
-                f"metrics.listen {listen}: cannot listen: {e.strerror}") from None
-        log.info("agent.report.metrics_listening", listen=listen, path="/metrics")
+        self._server = serve_registry(listen, self.export)
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        stop_server(self._server)
+        self._server = None
 
     # ------------------------------------------------------------------ PassObserver
     def release_started(self, revision: str, services: Any) -> None:
@@ -161,7 +153,7 @@ class MetricsObserver:
             return
         if self.textfile is not None:
             try:
-                write_to_textfile(str(self.textfile), self.registry)
+                write_to_textfile(str(self.textfile), self.export)
             except OSError as e:
                 log.warning("agent.report.failed", reporter="metrics",
                             textfile=str(self.textfile), error=e.strerror)
@@ -201,3 +193,66 @@ class MetricsObserver:
             v["services"] = {n: (s.digest, s.health in ("healthy", "running"))
                              for n, s in r.services.items()}
         self.snapshot.values = v
+
+
+class _StackLabelled(Collector):
+    """Every stack's metrics in one scrape, each sample with a ``stack`` label."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, CollectorRegistry] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for stack, registry in sorted(self.parts.items()):
+            for family in registry.collect():
+                out = merged.get(family.name)
+                if out is None:
+                    out = merged[family.name] = Metric(family.name, family.documentation,
+                                                       family.type, family.unit)
+                out.samples += [s._replace(labels={**s.labels, "stack": stack})
+                                for s in family.samples]
+        yield from merged.values()
+
+
+class StackMetrics:
+    """The metrics of many stacks (``[[stack]]``): one registry, one ``GET /metrics``, one
+    textfile; each stack's MetricsObserver counts its own passes under its ``stack`` label."""
+
+    def __init__(self, textfile: Path | None) -> None:
+        self.registry = CollectorRegistry()
+        self.textfile = textfile
+        self._parts = _StackLabelled()
+        self.registry.register(self._parts)
+        self._server: Any = None
+
+    def observer(self, cfg: AgentConfig) -> MetricsObserver:
+        m = MetricsObserver(cfg.agent.state_dir, textfile=self.textfile, export=self.registry)
+        self._parts.parts[cfg.stack_name or cfg.compose.name] = m.registry
+        return m
+
+    def serve(self, listen: str) -> None:
+        self._server = serve_registry(listen, self.registry)
+
+    def close(self) -> None:
+        stop_server(self._server)
+        self._server = None
+
+
+def serve_registry(listen: str, registry: CollectorRegistry) -> Any:
+    """``GET /metrics`` of ``registry`` on ``listen`` (HOST:PORT); the server, to stop."""
+    from prometheus_client import start_http_server
+
+    host, port = listen.rsplit(":", 1)
+    try:
+        server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+    except OSError as e:
+        raise AgentEnvironmentError(
+            f"metrics.listen {listen}: cannot listen: {e.strerror}") from None
+    log.info("agent.report.metrics_listening", listen=listen, path="/metrics")
+    return server
+
+
+def stop_server(server: Any) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()

@@ -47,9 +47,11 @@ class Notifier:
         state_dir: Path,
         commit_url: Callable[[str | None], str | None] = lambda _rev: None,
         clock: Callable[[], float] = time.time,
+        stack: str | None = None,
     ) -> None:
         self.send = send
         self.host = host
+        self.stack = stack
         self.on = set(on)
         self.repeat = repeat_seconds
         self.stuck_after = stuck_after_seconds
@@ -70,7 +72,7 @@ class Notifier:
         return cls(apprise_sender(n.urls), host=host_name(cfg), on=n.on,
                    repeat_seconds=n.repeat_seconds, stuck_after_seconds=n.stuck_after_seconds,
                    state_dir=cfg.agent.state_dir,
-                   commit_url=lambda rev: commit_url(cfg, rev))
+                   commit_url=lambda rev: commit_url(cfg, rev), stack=cfg.stack_name)
 
     # ------------------------------------------------------------------ PassObserver
     def release_started(self, revision: str, services: Sequence[str]) -> None:
@@ -137,8 +139,10 @@ class Notifier:
     # ------------------------------------------------------------------ the message
     def message(self, event: str, r: PassResult, now: float) -> tuple[str, str, str]:
         rev = (r.revision or "")[:12]
-        title = f"{self.host}: {TITLES[event]}" + (f" {rev}" if rev else "")
-        lines = [f"host: {self.host}", f"outcome: {event}"]
+        where = f"{self.host}/{self.stack}" if self.stack else self.host
+        title = f"{where}: {TITLES[event]}" + (f" {rev}" if rev else "")
+        lines = [f"host: {self.host}", *([f"stack: {self.stack}"] if self.stack else []),
+                 f"outcome: {event}"]
         if rev:
             lines.append(f"revision: {rev}")
         if r.changes:
