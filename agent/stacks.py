@@ -58,7 +58,7 @@ STACK_AGENT_KEYS = (
     "health_timeout_seconds", "settle_seconds", "handover_seconds", "windows", "timezone",
     "keep_releases", "history_limit", "pull_stall_timeout_seconds", "pull_concurrency",
 )
-STACK_KEYS = ("name", "repo", "source", "path", "compose", "depends_on", "trust",
+STACK_KEYS = ("name", "repo", "source", "dir", "path", "compose", "depends_on", "trust",
               *STACK_AGENT_KEYS)
 
 
@@ -74,6 +74,9 @@ class StackSpec:
     depends_on: tuple[str, ...] = ()
     repo_key: str = "default"
     implicit: bool = True
+    # the stack's folder in the repo (a monorepo): compose.from_repo paths are relative to
+    # it and land in project_dir without it
+    repo_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,15 @@ def _stack(i: int, raw: dict[str, Any], shared: dict[str, Any],
     else:
         problems.append(f"{where}.source: must be a table")
         return None
+    repo_dir = raw.get("dir")
+    if repo_dir is not None:
+        parts = str(repo_dir).strip("/").split("/")
+        if not isinstance(repo_dir, str) or any(p in ("", ".", "..") for p in parts):
+            problems.append(f"{where}.dir: must be a folder of the repository (relative, no "
+                            "'..')")
+            return None
+        repo_dir = "/".join(parts)
+        src["path"] = f"{repo_dir}/desired-state.yml"
     if "path" in raw:
         src["path"] = raw["path"]
     if "compose" not in raw:
@@ -245,7 +257,7 @@ def _stack(i: int, raw: dict[str, Any], shared: dict[str, Any],
         return None
     if not ok:
         return None
-    return StackSpec(name, cfg, tuple(depends), key, implicit=False)
+    return StackSpec(name, cfg, tuple(depends), key, implicit=False, repo_dir=repo_dir)
 
 
 def _where(problem: str, where: str, raw: Mapping[str, Any]) -> str:
@@ -322,8 +334,9 @@ def _cycle(graph: Mapping[str, Sequence[str]]) -> list[str] | None:
 class SharedRepo:
     """One repository's fetch, made once per round whatever number of stacks read it."""
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, key: str = "default") -> None:
         self.source = source  # a Source that is a FileSource too (git, GitHub)
+        self.key = key
         self._lock = threading.Lock()
         self._got: Fetched | None = None
         self._error: AgentError | None = None
@@ -344,6 +357,8 @@ class SharedRepo:
                     self._got, self._error = self.source.fetch(), None
                 except AgentError as e:
                     self._got, self._error = None, e
+                log.debug("agent.repo.fetched", repo=self.key, round=self.round,
+                          revision=self._got.revision[:12] if self._got else None)
             if self._error is not None:
                 raise self._error
             assert self._got is not None
@@ -356,10 +371,11 @@ class StackSource:
     already has, so that stack's pass is idle."""
 
     def __init__(self, repo: SharedRepo, cfg: AgentConfig,
-                 last_revision: Callable[[], str | None]) -> None:
+                 last_revision: Callable[[], str | None], repo_dir: str | None = None) -> None:
         self.repo = repo
         self.path = cfg.source.path
         self.paths = list(cfg.compose.from_repo or [])
+        self.prefix = f"{repo_dir}/" if repo_dir else ""
         self.last_revision = last_revision
         self._seen_round = -1
         self._last: tuple[str, bytes, dict[str, bytes]] | None = None
@@ -374,7 +390,9 @@ class StackSource:
         return bool(self.repo.source.is_ancestor(ancestor, descendant))
 
     def read_files(self, revision: str, paths: Sequence[str]) -> dict[str, bytes]:
-        return dict(self.repo.source.read_files(revision, paths))
+        """The stack's files (``paths`` relative to its folder, keys too)."""
+        got = self.repo.source.read_files(revision, [self.prefix + p for p in paths])
+        return {k.removeprefix(self.prefix): v for k, v in got.items()}
 
     def fetch(self) -> Fetched:
         again = self._seen_round == self.repo.round  # the pass retries: a real fetch
@@ -401,7 +419,7 @@ class StackSource:
 
     def _read(self, revision: str) -> bytes:
         try:
-            got = self.read_files(revision, [self.path])
+            got = dict(self.repo.source.read_files(revision, [self.path]))
         except AgentError as e:
             problems = getattr(e, "problems", [str(e)])
             raise DesiredStateError(f"{self.path}@{revision[:12]}", problems) from None
@@ -495,7 +513,8 @@ class StackSet:
             metrics = StackMetrics(file.metrics.textfile)
         for spec in specs:
             repo = out._repo(spec)
-            view = StackSource(repo, spec.cfg, _last_revision(spec.cfg.agent.state_dir))
+            view = StackSource(repo, spec.cfg, _last_revision(spec.cfg.agent.state_dir),
+                               spec.repo_dir)
             obs = build_observers(spec.cfg, metrics=metrics) if report else []
             rec = build_reconciler(spec.cfg, report=report, source=view, observers=obs)
             if report and spec.depends_on:
@@ -537,7 +556,7 @@ class StackSet:
             cfg = spec.cfg.model_copy(update={"agent": spec.cfg.agent.model_copy(
                 update={"state_dir": where})})
             where.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.repos[spec.repo_key] = SharedRepo(build_source(cfg))
+            self.repos[spec.repo_key] = SharedRepo(build_source(cfg), spec.repo_key)
         return self.repos[spec.repo_key]
 
     # ------------------------------------------------------------------ a round

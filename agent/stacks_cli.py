@@ -46,7 +46,8 @@ def for_each_stack(file: AgentFile, specs: list[StackSpec], args: argparse.Names
                 doc = json.loads(out.getvalue()) if out.getvalue().strip() else {}
                 docs.append({"stack": spec.name, **doc, "exit_code": code})
             else:
-                print(("\n" if i else "") + f"== stack {spec.name} ==", flush=True)
+                if len(specs) > 1:  # --stack NAME: that stack's output as it is
+                    print(("\n" if i else "") + f"== stack {spec.name} ==", flush=True)
                 code = one(spec.cfg, args, file.state_dir, rec)
             codes.append(code)
     finally:
