@@ -232,7 +232,8 @@ class Daemon:
         from agent.webhook import start_webhook
 
         # a signed push takes the SIGHUP path (hup() only sets flags: thread-safe, coalesced)
-        webhook = start_webhook(self.file.specs[0].cfg, self.hup)
+        first, *others = [s.cfg for s in self.file.specs]
+        webhook = start_webhook(first, self.hup, others)
         self.scheduler.start()
         log.info("agent.daemon.started", interval_seconds=a.interval_seconds,
                  jitter_seconds=a.jitter_seconds, liveness_bound_seconds=self.liveness_bound(),

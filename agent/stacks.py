@@ -154,6 +154,7 @@ def parse_agent_file(data: dict[str, Any], source: str = "config",
                             "compose": {"project_dir": "/"}}, source)
     except ConfigError as e:
         problems += [p for p in e.problems if not p.startswith(("source", "compose"))]
+    problems += _dependency_checks(stacks_raw)
     problems += _cross_checks(specs)
     if problems or top is None:
         raise ConfigError(source, list(dict.fromkeys(problems)))
@@ -261,28 +262,53 @@ def _stack(i: int, raw: dict[str, Any], shared: dict[str, Any],
 
 
 def _where(problem: str, where: str, raw: Mapping[str, Any]) -> str:
-    """A one-stack config's problem, at its path in the file."""
-    if problem.startswith(("source.", "source:", "compose.", "compose:", "trust.")):
-        if problem.startswith("source") and "repo" in raw:
-            return f"repo.{raw['repo']}{problem.removeprefix('source')}"
-        return f"{where}.{problem}"
-    key = problem.removeprefix("agent.").split(":", 1)[0].split(".", 1)[0]
-    if problem.startswith("agent.") and key in raw:
-        return f"{where}.{problem.removeprefix('agent.')}"
-    return problem
+    """A one-stack config's problem (``At 'loc': what`` or ``loc: what``), at its path in
+    the file: the stack's source, compose, trust and own settings under ``where``."""
+    import re
+
+    m = re.fullmatch(r"At '([^']*)': (.*)", problem, re.S)
+    loc, rest = (m.group(1), m.group(2)) if m else (problem, "")
+
+    def moved(loc: str) -> str:
+        head = loc.split(".", 1)[0].split(":", 1)[0].split(" ", 1)[0]
+        if head == "source" and "repo" in raw:
+            return f"repo.{raw['repo']}{loc.removeprefix('source')}"
+        if head in ("source", "compose", "trust"):
+            return f"{where}.{loc}"
+        key = loc.removeprefix("agent.").split(".", 1)[0].split(":", 1)[0]
+        if loc.startswith("agent.") and key in raw:
+            return f"{where}.{loc.removeprefix('agent.')}"
+        return loc
+
+    return f"At '{moved(loc)}': {rest}" if m else moved(loc)
+
+
+def _dependency_checks(stacks_raw: Sequence[Any]) -> list[str]:
+    """depends_on names stacks of the file, never itself, without a cycle (checked on
+    every stack table, a stack with other problems included)."""
+    deps: dict[str, list[str]] = {}
+    for raw in stacks_raw:
+        name, d = raw.get("name"), raw.get("depends_on", [])
+        if isinstance(name, str) and isinstance(d, list):
+            deps.setdefault(name, [x for x in d if isinstance(x, str)])
+    problems: list[str] = []
+    for name, ds in deps.items():
+        for d in ds:
+            if d == name:
+                problems.append(f"stack.{name}.depends_on: a stack cannot depend on itself")
+            elif d not in deps:
+                problems.append(f"stack.{name}.depends_on: no stack named {d!r}")
+    cycle = _cycle({n: [d for d in ds if d in deps and d != n] for n, ds in deps.items()})
+    if cycle:
+        problems.append("stack.depends_on: a cycle: " + " -> ".join(cycle))
+    return problems
 
 
 def _cross_checks(specs: Sequence[StackSpec]) -> list[str]:
     problems: list[str] = []
-    names = {s.name for s in specs}
     by_project: dict[str, str] = {}
     by_dir: dict[Path, str] = {}
     for s in specs:
-        for d in s.depends_on:
-            if d == s.name:
-                problems.append(f"stack.{s.name}.depends_on: a stack cannot depend on itself")
-            elif d not in names:
-                problems.append(f"stack.{s.name}.depends_on: no stack named {d!r}")
         project = s.cfg.compose.name
         if project in by_project:
             problems.append(f"stack.{s.name}.compose: compose project {project!r} is stack "
@@ -293,9 +319,6 @@ def _cross_checks(specs: Sequence[StackSpec]) -> list[str]:
             problems.append(f"stack.{s.name}.compose.project_dir: {pdir} is stack "
                             f"{by_dir[pdir]}'s too; each stack has its own project_dir")
         by_dir.setdefault(pdir, s.name)
-    cycle = _cycle({s.name: [d for d in s.depends_on if d in names] for s in specs})
-    if cycle:
-        problems.append("stack.depends_on: a cycle: " + " -> ".join(cycle))
     first: dict[str, StackSpec] = {}
     for s in specs:
         f = first.setdefault(s.repo_key, s)
@@ -419,7 +442,7 @@ class StackSource:
 
     def _read(self, revision: str) -> bytes:
         try:
-            got = dict(self.repo.source.read_files(revision, [self.path]))
+            got: dict[str, bytes] = dict(self.repo.source.read_files(revision, [self.path]))
         except AgentError as e:
             problems = getattr(e, "problems", [str(e)])
             raise DesiredStateError(f"{self.path}@{revision[:12]}", problems) from None

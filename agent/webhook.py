@@ -15,7 +15,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -139,12 +139,17 @@ def _event(flavour: str, headers: Any) -> str:
 class WebhookServer:
     def __init__(self, host: str, port: int, *, secret: str, kind: Kind, source_kind: str,
                  source_repo: str, branch: str, rate_limit_per_minute: int,
-                 trigger: Callable[[], None]) -> None:
+                 trigger: Callable[[], None],
+                 also: Sequence[tuple[str, str, str]] = ()) -> None:
+        """``also``: more (source kind, repo, branch) whose pushes start a pass (the
+        repos of the other [[stack]] tables)."""
         self.secret = secret
         self.kind = kind
         self.source_kind = source_kind
         self.source_repo = source_repo
         self.ref = f"refs/heads/{branch}"
+        self.targets = [(source_kind, source_repo, self.ref),
+                        *((k, r, f"refs/heads/{b}") for k, r, b in also)]
         self.trigger = trigger
         self.bucket = TokenBucket(rate_limit_per_minute)
         server = self
@@ -238,12 +243,13 @@ class WebhookServer:
         if not isinstance(payload, dict):
             self._refused(h, 400, "payload is not a JSON object", event)
             return
-        if payload.get("ref") != self.ref:
+        ref = payload.get("ref")
+        if not any(ref == t_ref for _, _, t_ref in self.targets):
             log.info("agent.webhook.ignored", reason="another branch", remote=remote,
                      webhook_event=event)
             self._reply(h, 202, "ignored")
             return
-        if not repo_matches(self.source_kind, self.source_repo, payload):
+        if not any(ref == t_ref and repo_matches(k, r, payload) for k, r, t_ref in self.targets):
             log.info("agent.webhook.ignored", reason="another repository", remote=remote,
                      webhook_event=event)
             self._reply(h, 202, "ignored")
@@ -268,12 +274,17 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def start_webhook(cfg: AgentConfig, trigger: Callable[[], None]) -> WebhookServer | None:
+def start_webhook(cfg: AgentConfig, trigger: Callable[[], None],
+                  others: Sequence[AgentConfig] = ()) -> WebhookServer | None:
+    """``cfg``'s [webhook], for pushes to its source; ``others``: the other stacks, whose
+    sources' pushes start a pass too."""
     w = cfg.webhook
     if w is None:
         return None
     secret = read_secret_file(w.secret_file, "webhook.secret_file")
     host, port = parse_listen(w.listen)
+    also = list(dict.fromkeys((o.source.kind, o.source.repo, o.source.branch) for o in others))
     return WebhookServer(host, port, secret=secret, kind=w.kind, source_kind=cfg.source.kind,
                          source_repo=cfg.source.repo, branch=cfg.source.branch,
-                         rate_limit_per_minute=w.rate_limit_per_minute, trigger=trigger)
+                         rate_limit_per_minute=w.rate_limit_per_minute, trigger=trigger,
+                         also=also)
