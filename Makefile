@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint docs rig venv bench clean
+.PHONY: demo test test-unit lint docs rig venv bench clean
 
 $(BIN)/gitops-agent: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,14 @@ docs: venv
 
 test: rig venv lint docs
 	$(BIN)/pytest
+
+# The unit tier alone: no Docker engine, no rig, under 30 s. Tests marked e2e that live in
+# tests/unit (release-local against a registry) need the rig: `make test` runs them.
+# pytest-xdist spreads the tier over UNIT_WORKERS processes (more than the cores: many
+# tests wait on git subprocesses and sockets).
+UNIT_WORKERS ?= 4
+test-unit: venv
+	$(BIN)/pytest -q -n $(UNIT_WORKERS) -m "not e2e" tests/unit
 
 demo: rig venv
 	$(BIN)/python demo/demo.py

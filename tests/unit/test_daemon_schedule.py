@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agent.config import parse_config
@@ -66,14 +67,16 @@ def _wait(pred, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_first_pass_is_delayed_by_jitter_so_a_fleet_restart_spreads(tmp_path):
-    delays = []
-    for _ in range(6):
-        rec = FakeReconciler()
-        d = _daemon(tmp_path, interval=3600, jitter=0.6, rec=rec)
-        t0 = time.monotonic()
-        t = _run(d)
+    # a fleet of six daemons restarted together (each its own state_dir)
+    fleet = [(rec := FakeReconciler(), _daemon(tmp_path / f"host{i}", interval=3600,
+                                                jitter=0.6, rec=rec)) for i in range(6)]
+    started = []
+    for _rec, d in fleet:
+        started.append((time.monotonic(), _run(d)))
+    for rec, _d in fleet:
         _wait(lambda rec=rec: rec.started)
-        delays.append(rec.started[0] - t0)
+    delays = [rec.started[0] - t0 for (rec, _d), (t0, _t) in zip(fleet, started, strict=True)]
+    for (_rec, d), (_t0, t) in zip(fleet, started, strict=True):
         d.stop()
         t.join(5)
     assert all(0 <= x <= 0.6 + 0.3 for x in delays), delays
@@ -94,7 +97,7 @@ def test_sighup_pass_runs_at_once_without_jitter(tmp_path):
 
 
 def test_passes_never_overlap_and_a_sighup_during_a_pass_runs_after_it(tmp_path):
-    rec = FakeReconciler(pass_seconds=0.5)
+    rec = FakeReconciler(pass_seconds=0.25)  # each pass spans two or more grid points
     d = _daemon(tmp_path, interval=0.1, jitter=0, rec=rec)
     t = _run(d)
     _wait(lambda: len(rec.started) == 1)
@@ -150,12 +153,13 @@ def test_a_wall_clock_step_back_by_hours_does_not_delay_the_next_pass(tmp_path, 
     SteppedWallClock.offset = timedelta(hours=3)  # the wall clock jumps back 3 hours
     t_step = time.monotonic()
     passes_before, control_before = len(rec.started), len(control)
-    time.sleep(2.5)
+    # the agent keeps polling: four more passes come (within 2.5 s: 0.5 s a pass at most)
+    _wait(lambda: len(rec.started) - passes_before >= 4, timeout=2.5)
     d.stop()
     t.join(5)
 
     after = [s for s in rec.started if s > t_step]
-    # the agent keeps polling: every gap stays within interval + jitter (+ scheduling slack)
+    # every gap stays within interval + jitter (+ scheduling slack)
     assert len(rec.started) - passes_before >= 4, rec.started
     gaps = [b - a for a, b in zip([t_step, *after], after, strict=False)]
     assert max(gaps) <= interval + jitter + 0.3, gaps
@@ -211,7 +215,10 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.settimeout(0.05)
 
-    def collect(self, seconds: float) -> list[str]:
+    def collect(self, seconds: float, until: Callable[[list[str]], bool] | None = None,
+                ) -> list[str]:
+        """Every message within ``seconds``; with ``until``, returns as soon as the messages
+        so far satisfy it (a presence check need not wait out the whole window)."""
         out: list[str] = []
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
@@ -219,7 +226,13 @@ class NotifySocket:
                 out.extend(self.sock.recv(4096).decode().splitlines())
             except TimeoutError:
                 pass
+            if until is not None and until(out):
+                break
         return out
+
+
+def pinged(messages: list[str]) -> bool:
+    return "WATCHDOG=1" in messages
 
 
 @pytest.fixture
@@ -254,13 +267,14 @@ def test_liveness_bound_covers_interval_jitter_and_a_rollout_plus_rollback(tmp_p
 
 def test_watchdog_is_withheld_when_a_pass_hangs_past_the_bound_and_resumes_after(watched):
     d, rec, ns, skew = watched
-    assert ns.collect(0.5).count("WATCHDOG=1") >= 4  # fed while passes complete
+    # fed while passes complete
+    assert ns.collect(0.5, until=lambda m: m.count("WATCHDOG=1") >= 4).count("WATCHDOG=1") >= 4
     rec.hang.set()
     _wait(lambda: rec.running == 1)
     bound = d.liveness_bound()
     with capture_logs() as logs:
         skew[0] += 0.8 * bound  # a slow pass, still within the bound: fed
-        assert "WATCHDOG=1" in ns.collect(0.4)
+        assert "WATCHDOG=1" in ns.collect(0.4, until=pinged)
         skew[0] += 0.4 * bound  # now past the bound with no pass completed
         drained = ns.collect(0.2)  # the pings already in flight
         silent = ns.collect(0.6)
@@ -269,7 +283,7 @@ def test_watchdog_is_withheld_when_a_pass_hangs_past_the_bound_and_resumes_after
         withheld = [e for e in logs if e["event"] == "agent.daemon.watchdog_withheld"]
         assert len(withheld) == 1 and withheld[0]["pass_running"] is True
         rec.release.set()  # the pass completes: the agent is alive again
-        assert "WATCHDOG=1" in ns.collect(1.0)
+        assert "WATCHDOG=1" in ns.collect(1.0, until=pinged)
     assert any(e["event"] == "agent.daemon.watchdog_resumed" for e in logs)
 
 
@@ -278,7 +292,7 @@ def test_watchdog_is_withheld_when_the_scheduler_dies(watched):
     _wait(lambda: rec.started)
     d.scheduler.shutdown(wait=False)  # passes are still submitted, none ever runs
     with capture_logs() as logs:
-        assert "WATCHDOG=1" in ns.collect(0.3)  # not yet: within the bound
+        assert "WATCHDOG=1" in ns.collect(0.3, until=pinged)  # not yet: within the bound
         skew[0] += d.liveness_bound() + 1
         ns.collect(0.2)
         assert "WATCHDOG=1" not in ns.collect(0.6)
