@@ -13,13 +13,25 @@ compose projects and state dirs, one git repo) release a new revision with ``soa
 S and ``interval_seconds`` I (no jitter); measured: from canary-1's ``success`` status to
 the last prod host's ``success`` (posted once it runs healthy), expected S .. S + I + apply.
 
+Part D (no Docker) — ``--waves-hosts`` N (1000): a whole release, merge to the last host
+applied, on a simulated clock: every host is the real gate (``RolloutGate`` + its own
+``GitHubStatuses``) and the real reporter on one shared token, against the fake with the
+content-creation limits (in process: the fake's own answers, no socket); waves canary (1),
+early (9 %, named), main (50 %, ``main-*``, ``min_hosts: 10``), rest; 600 s soaks; each
+host passes once per ``--waves-interval`` at its own seeded phase. Runs: the gate before
+issue 26 (``sample = "all"``, a read at every held pass), the default gate (sample 10, no
+reads while an earlier wave soaks), a what-if (only the sample posts success) and a
+failure in wave main. Printed: minutes to the last host applied, status reads per
+interval (pages: one per 100 statuses), how many were not 304 (counted by GitHub).
+
 Part C (no Docker) — ``--scale-hosts`` N (1000) real status reporters all post one release
 at once against the fake with GitHub's secondary limits (80/min, 500/h per token) in
 simulated time (60 s steps, no sleeping): minutes until every host's success is on GitHub,
 shared token vs per-host tokens, pending on vs off. (Gate reads are not in part C.)
 
     .venv/bin/python bench/fleet.py [--intervals N] [--rig] [--soak S] [--interval I]
-                                    [--scale-hosts N]
+                                    [--scale-hosts N] [--waves-hosts N]
+                                    [--waves-interval S]
 """
 
 from __future__ import annotations
@@ -31,6 +43,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import requests
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: F401  (puts tests/ and the repo on sys.path)
@@ -38,7 +52,7 @@ from common import base_args, log, write_results
 
 from agent.desired import Wave
 from agent.edges.github_statuses import GitHubStatuses
-from agent.fleet import RolloutGate
+from agent.fleet import RolloutGate, wave_need, wave_of
 from agent.ports import GateQuestion
 
 TOKEN = "ghs_bench_fleet"
@@ -242,6 +256,234 @@ def part_c(hosts: int, *, shared_token: bool, pending: bool, interval: float = 6
                 "post_requests": gh.request_count, "refused_403": gh.creation_refusals}
 
 
+class _InProcess(requests.adapters.BaseAdapter):
+    """A requests transport straight into the fake GitHub's ``_answer`` (no socket: the
+    same answers, ETags, pages and limits), with ``Date`` on the simulated clock; counts
+    the combined-status reads. An answer to a status read is reused while no status was
+    posted (the fake's answer is a function of the path, If-None-Match and the statuses)."""
+
+    def __init__(self, gh: Any, clock: Any) -> None:
+        super().__init__()
+        self.gh, self.clock = gh, clock
+        self.memo: dict[tuple[str, str | None], tuple[int, dict[str, str], bytes]] = {}
+        self.version = -1
+        self.reads = self.not_modified = 0
+
+    def send(self, request: Any, stream: bool = False, timeout: Any = None,
+             verify: Any = True, cert: Any = None, proxies: Any = None) -> Any:
+        from email.utils import formatdate
+        from urllib.parse import urlsplit
+
+        from requests.structures import CaseInsensitiveDict
+
+        u = urlsplit(request.url)
+        raw = u.path + (f"?{u.query}" if u.query else "")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        body = request.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        if request.method == "GET" and u.path.endswith("/status"):
+            if len(self.gh.statuses) != self.version:
+                self.memo.clear()
+                self.version = len(self.gh.statuses)
+            key = (raw, headers.get("if-none-match"))
+            answer = self.memo.get(key)
+            if answer is None:
+                answer = self.memo[key] = self.gh._answer(request.method, raw, headers, body)
+            self.reads += 1
+            self.not_modified += answer[0] == 304
+        else:
+            answer = self.gh._answer(request.method, raw, headers, body)
+        status, out, content = answer
+        resp = requests.Response()
+        resp.status_code = status
+        resp.headers = CaseInsensitiveDict({**out, "Date": formatdate(self.clock(),
+                                                                     usegmt=True)})
+        resp._content = content
+        resp.url, resp.request, resp.encoding = request.url, request, "utf-8"
+        return resp
+
+    def close(self) -> None:
+        pass
+
+
+def fleet_waves(hosts: int) -> tuple[list[str], tuple[Wave, ...]]:
+    """``hosts`` names and four waves: canary (1 named host), early (the next 9 %, named),
+    main (the next 50 %, ``main-*``, ``min_hosts: 10``), rest (``*``); 600 s soak each."""
+    n_early = max(1, hosts // 10 - 1)
+    n_main = hosts // 2
+    early = [f"early-{i:04d}" for i in range(n_early)]
+    names = (["canary-1"] + early + [f"main-{i:04d}" for i in range(n_main)]
+             + [f"rest-{i:04d}" for i in range(hosts - 1 - n_early - n_main)])
+    return names, (Wave(name="canary", hosts=["canary-1"], soak_seconds=600),
+                   Wave(name="early", hosts=early, soak_seconds=600),
+                   Wave(name="main", hosts=["main-*"], soak_seconds=600, min_hosts=10),
+                   Wave(name="rest", hosts=["*"]))
+
+
+class _ReadEveryPass(RolloutGate):
+    """The gate as it was before issue 26's cut: it reads at every held pass, soak or not."""
+
+    def _still_soaking(self, revision: str) -> str | None:
+        return None
+
+
+def part_d(hosts: int, *, sample: int | None, interval: float, shared_token: bool = True,
+           bad_host: str | None = None, max_hours: float = 8.0,
+           read_while_soaking: bool = False, sample_posts_only: bool = False
+           ) -> dict[str, Any]:
+    """A whole release on ``hosts`` simulated hosts, merge (t=0) to the last host applied:
+    each host the real gate (``RolloutGate`` with its own ``GitHubStatuses``: ETags, pages
+    of 100) and the real reporter (``GitHubStatusReporter``: outbox, retry-after), against
+    the fake with GitHub's content-creation limits (80/min, 500/h per token), on a
+    simulated clock. Each host passes once per ``interval`` at its own fixed phase
+    (seeded, like jitter); a released host applies at once and posts its verdict; an
+    applied host's later passes deliver its outbox. ``bad_host`` rolls the release back
+    (posts ``failure``): measured then is who applied it before the waves stopped.
+    ``sample_posts_only`` (a what-if: the reporter does not do this) keeps the successes of
+    hosts outside each wave's sample (its first ``wave_need`` hosts by name) off GitHub;
+    failures are posted as ever."""
+    import random
+
+    import github_server
+    from github_server import FakeGitHub
+
+    from agent.outcomes import PassResult
+    from agent.report.github_status import GitHubStatusReporter
+
+    t0 = 1_800_000_000.0
+    now = [t0]
+
+    def clock() -> float:
+        return now[0]
+
+    names, waves = fleet_waves(hosts)
+    saved_now_iso = github_server._now_iso
+    github_server._now_iso = lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now[0]))
+    try:
+        with FakeGitHub(repo="acme/shop", log_requests=False) as gh, \
+                tempfile.TemporaryDirectory() as tmp:
+            gh.limit_content_creation(clock=clock)
+            rev = gh.commit({})
+            wire = _InProcess(gh, clock)
+
+            def session() -> requests.Session:
+                s = requests.Session()
+                s.mount("http://", wire)
+                return s
+
+            gates, reps = {}, {}
+            for i, h in enumerate(names):
+                token = TOKEN if shared_token else f"{TOKEN}_{i}"
+                reader = GitHubStatuses(repo="acme/shop", api_url=gh.api_url, token=token,
+                                        state_dir=None, timeout=5, session=session())
+                gate = _ReadEveryPass if read_while_soaking else RolloutGate
+                gates[h] = gate(h, context="deploy/{host}", read=reader.read, sample=sample,
+                                clock=clock)
+                d = Path(tmp) / h
+                d.mkdir()
+                reps[h] = GitHubStatusReporter(
+                    repo="acme/shop", api_url=gh.api_url, token=token,
+                    context="deploy/{host}", host=h, state_dir=d, timeout=5,
+                    session=session(), clock=clock)
+            posting = set(names)
+            if sample_posts_only:
+                posting = {h for i, w in enumerate(waves) for h in
+                           [x for x in names if wave_of(x, waves) == i][
+                               :wave_need(w, sample if sample is not None else 10)]}
+            rng = random.Random(26)
+            phase = sorted((rng.random() * interval, h) for h in names)
+            q = GateQuestion(rev, ("web",), converging=False, force=False, rollout=waves)
+            applied: dict[str, float] = {}
+            per_interval = []
+            k = 0
+            stopped_at: float | None = None
+            while len(applied) < hosts and k * interval < max_hours * 3600:
+                reads0, nm0 = wire.reads, wire.not_modified
+                posts0, refused0 = len(gh.statuses), gh.creation_refusals
+                held = held_stopped = 0
+                for off, h in phase:
+                    now[0] = t0 + k * interval + off
+                    if h in applied:
+                        if h in posting:
+                            reps[h].pass_finished(PassResult("no-op", rev, target={}))
+                        continue
+                    answer = gates[h].check(q)
+                    if answer is not None:
+                        held += 1
+                        if "stopped" in answer.reason:
+                            held_stopped += 1
+                            if stopped_at is None:
+                                stopped_at = now[0] - t0
+                        continue
+                    applied[h] = now[0] - t0
+                    outcome = "rolled-back" if h == bad_host else "applied"
+                    if h in posting or outcome != "applied":
+                        posting.add(h)
+                        reps[h].pass_finished(PassResult(outcome, rev, target={},
+                                                     reason="web unhealthy"))
+                per_interval.append({
+                    "interval": k, "held": held, "status_requests": wire.reads - reads0,
+                    "not_modified": wire.not_modified - nm0,
+                    "statuses_posted": len(gh.statuses) - posts0,
+                    "refused_403": gh.creation_refusals - refused0})
+                k += 1
+                if bad_host is not None and held_stopped == hosts - len(applied):
+                    break  # every host left is held by the failure: the rollout stopped
+            posted = {s["context"].removeprefix("deploy/"): s["state"] for s in gh.statuses}
+    finally:
+        github_server._now_iso = saved_now_iso
+
+    def minutes(x: float) -> float:
+        return round(x / 60, 1)
+
+    by_wave = {}
+    for w in waves:
+        ts = [t for h, t in applied.items() if wave_of(h, waves) == waves.index(w)]
+        by_wave[w.name] = {"applied": len(ts), "first_min": minutes(min(ts)) if ts else None,
+                           "last_min": minutes(max(ts)) if ts else None}
+    reqs = [p["status_requests"] for p in per_interval]
+    counted = [p["status_requests"] - p["not_modified"] for p in per_interval]
+    return {
+        "hosts": hosts, "sample": sample if sample is not None else "all",
+        "reads_while_soaking": read_while_soaking, "sample_posts_only": sample_posts_only,
+        "interval_seconds": interval, "shared_token": shared_token, "bad_host": bad_host,
+        "waves": [{"name": w.name, "hosts": len(w.hosts) if w.exact else w.hosts,
+                   "soak_seconds": w.soak_seconds, "min_hosts": w.min_hosts} for w in waves],
+        "all_applied": len(applied) == hosts,
+        "minutes_to_last_applied": minutes(max(applied.values())) if applied else None,
+        "by_wave": by_wave, "intervals": len(per_interval),
+        "status_requests_max_per_interval": max(reqs),
+        "status_requests_mean_per_interval": round(sum(reqs) / len(reqs)),
+        "counted_max_per_interval": max(counted),
+        "counted_max_per_hour": round(max(counted) * 3600 / interval),
+        "counted_total": sum(counted), "status_requests_total": sum(reqs),
+        "successes_on_github_at_end": sum(1 for v in posted.values() if v == "success"),
+        "failures_on_github_at_end": sum(1 for v in posted.values() if v == "failure"),
+        "statuses_posted": len(gh.statuses), "refused_403": gh.creation_refusals,
+        "stopped_at_min": minutes(stopped_at) if stopped_at is not None else None,
+        "per_interval": per_interval,
+    }
+
+
+def report_d(d: dict[str, Any]) -> None:
+    w = ", ".join(f"{n} {v['applied']} by {v['last_min']}" for n, v in d["by_wave"].items())
+    head = (f"{d['hosts']} hosts, sample {d['sample']}, "
+            f"{'reads every pass' if d['reads_while_soaking'] else 'no reads while soaking'}, "
+            f"{'only samples post success (what-if), ' if d['sample_posts_only'] else ''}"
+            f"interval {d['interval_seconds']:.0f}s"
+            f"{'' if d['shared_token'] else ', per-host tokens'}")
+    if d["bad_host"]:
+        log(f"{head}, {d['bad_host']} fails: stopped at {d['stopped_at_min']} min; applied "
+            f"(min): {w}; failures on GitHub {d['failures_on_github_at_end']}")
+        return
+    log(f"{head}: last host applied after {d['minutes_to_last_applied']} min (waves, last "
+        f"applied min: {w}); status reads per interval max {d['status_requests_max_per_interval']}"
+        f" (mean {d['status_requests_mean_per_interval']}), counted (not 304) max "
+        f"{d['counted_max_per_interval']} = {d['counted_max_per_hour']}/h; "
+        f"{d['statuses_posted']} statuses posted, {d['refused_403']} refused")
+
+
 def main() -> int:
     ap = base_args(__doc__ or "")
     ap.add_argument("--intervals", type=int, default=30)
@@ -253,10 +495,14 @@ def main() -> int:
                     help="the interval of the canary's pass (the others wait until then)")
     ap.add_argument("--scale-hosts", type=int, default=1000,
                     help="part C: hosts posting statuses under GitHub's secondary limits")
+    ap.add_argument("--waves-hosts", type=int, default=1000,
+                    help="part D: hosts of a whole simulated rollout (0: skip part D)")
+    ap.add_argument("--waves-interval", type=float, default=300.0,
+                    help="part D: the hosts' interval_seconds (simulated)")
     args = ap.parse_args()
     from agent import log as agent_log
 
-    agent_log.configure(json=False, level="warning")
+    agent_log.configure(json=False, level="error")  # part C/D: thousands of retries
     results: dict[str, Any] = {"simulated_100": part_a(args.intervals, args.sim_interval,
                                                        soak=3.0, canary_at=args.canary_at)}
     a = results["simulated_100"]
@@ -273,6 +519,16 @@ def main() -> int:
             f"{c['minutes_to_all_success']:.0f} min ({c['statuses_posted']} statuses, "
             f"{c['post_requests']} POSTs, {c['refused_403']} refused)")
     results["posting_at_scale"] = scale
+    if args.waves_hosts:
+        runs = []
+        for kw in ({"sample": None, "read_while_soaking": True},  # before issue 26's cut
+                   {"sample": 10},                               # after: the default gate
+                   {"sample": 10, "sample_posts_only": True},    # what-if (not built)
+                   {"sample": 10, "bad_host": "main-0450"}):      # a failure in wave 3
+            d = part_d(args.waves_hosts, interval=args.waves_interval, **kw)
+            report_d(d)
+            runs.append(d)
+        results["waves_at_scale"] = runs
     if args.rig:
         results["three_daemons"] = part_b(args.soak, args.interval)
     write_results("fleet", results, args.json)
