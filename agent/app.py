@@ -1,7 +1,8 @@
 """The wiring: one place that builds the pass from the config — source, engine, compose,
 registry credentials, gates (freeze, windows, fleet waves) and observers (commit status,
 metrics, notifications). The CLI's commands and the daemon both ask here; no command module
-builds a Reconciler of its own, and none imports another.
+builds a Reconciler of its own, and none imports another. The edges themselves (source,
+engine, compose) are built by :mod:`agent.wiring` and handed to the pass.
 
 ``build_reconciler(cfg)`` is what a read-only command (``status``, ``diff``) needs: it
 reports nothing. ``report=True`` adds the gates and observers a pass runs with (``sync``,
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from agent.config import AgentConfig
 from agent.ports import Gate, PassObserver, Source
 from agent.reconcile import Reconciler
+from agent.wiring import build_compose, build_engine, build_source, compose_for
 
 
 def build_gates(cfg: AgentConfig) -> list[Gate]:
@@ -42,8 +44,9 @@ def build_reconciler(cfg: AgentConfig, *, report: bool = False,
     if observers is None:
         observers = build_observers(cfg, serve_metrics=serve_metrics) if report else []
     gates = build_gates(cfg) if report else []
-    return Reconciler(cfg, registry_auth=registry_auth(cfg), observers=observers, gates=gates,
-                      source=source)
+    return Reconciler(cfg, source=source or build_source(cfg), engine=build_engine(cfg),
+                      compose=build_compose(cfg), compose_for=compose_for(cfg),
+                      registry_auth=registry_auth(cfg), observers=observers, gates=gates)
 
 
-__all__ = ["build_gates", "build_observers", "build_reconciler"]
+__all__ = ["build_gates", "build_observers", "build_reconciler", "build_source"]

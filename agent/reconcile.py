@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import structlog
 
-from agent import health, retention
+from agent import health, retention, wiring
 from agent.config import AgentConfig
 from agent.desired import (
     DesiredState,
@@ -113,12 +113,12 @@ from agent.state import (
 from agent.strategies import Toolkit, UpdateStrategy, pins, strategy_for
 from agent.swarm import swarm_update
 from agent.trust import check_ancestry
+from agent.wiring import build_source  # re-exported: agent/stacks.py imports it here
 
 __all__ = ["Loaded", "PassResult", "Reconciler", "build_source"]
 
 log = structlog.get_logger()
 
-OVERRIDE_FILE = "compose.override.gitops-agent.json"
 DESIRED_CACHE = "desired-state.cache.json"
 
 @dataclass(frozen=True)
@@ -164,66 +164,6 @@ class _Run:
         )
 
 
-def build_source(cfg: AgentConfig) -> Source:
-    if cfg.source.kind == "github":
-        from agent.edges.github import GitHubSource
-
-        return GitHubSource.from_config(cfg)
-    from agent.edges.git import GitSource
-    from agent.secrets import token_from_file
-
-    return GitSource(
-        cfg.source.repo,
-        cfg.source.branch,
-        cfg.source.path,
-        cfg.agent.state_dir / "source.git",
-        ssh_key_file=cfg.source.ssh_key_file,
-        token=token_from_file(cfg.source.token_file, "source.token_file"),
-        timeout=cfg.source.timeout_seconds,
-        allowed_signers_file=(
-            cfg.trust.allowed_signers_file if cfg.trust.require_signed_commits else None
-        ),
-    )
-
-
-def _default_engine(cfg: AgentConfig) -> Engine:
-    if cfg.engine.kind == "swarm":
-        from agent.edges.swarm import SwarmEngine
-
-        return SwarmEngine()
-    from agent.edges.docker import DockerEngine
-
-    return DockerEngine(pull_stall_timeout=cfg.agent.pull_stall_timeout_seconds)
-
-
-def _files_compose(cfg: AgentConfig, files: Sequence[Path],
-                   mirror: Path | None = None) -> StackCompose:
-    """compose on a set of files: project_dir's, or (``mirror``) a staged revision in a
-    mirror of project_dir, run there as its project directory, the model naming
-    project_dir's paths. No override (hashes get the pins on stdin)."""
-    from agent.edges.compose import Compose, find_compose_command
-
-    return Compose(find_compose_command(cfg.compose.command), mirror or cfg.compose.project_dir,
-                   [str(f) for f in files], cfg.compose.name, profiles=cfg.compose.profiles,
-                   real_dir=cfg.compose.project_dir if mirror is not None else None)
-
-
-def _default_compose(cfg: AgentConfig) -> ComposeProject:
-    from agent.edges.compose import Compose, find_compose_command
-
-    if cfg.engine.kind == "swarm":
-        from agent.edges.swarm import SwarmStack
-        from agent.secrets import registry_auth
-
-        return SwarmStack(find_compose_command(cfg.compose.command), cfg.compose.project_dir,
-                          cfg.compose.files, cfg.compose.name,
-                          cfg.agent.state_dir / OVERRIDE_FILE, registry_auth=registry_auth(cfg))
-
-    return Compose(find_compose_command(cfg.compose.command), cfg.compose.project_dir,
-                   cfg.compose.files, cfg.compose.name,
-                   override=cfg.agent.state_dir / OVERRIDE_FILE, profiles=cfg.compose.profiles)
-
-
 class Reconciler:
     def __init__(
         self,
@@ -240,9 +180,11 @@ class Reconciler:
     ) -> None:
         self.cfg = cfg
         self.store = StateStore(cfg.agent.state_dir)
-        self.source = source or build_source(cfg)
-        self.engine = engine or _default_engine(cfg)
-        self.compose = compose or _default_compose(cfg)
+        # the edges come from the wiring (agent/app.py passes all of them); the defaults
+        # keep a bare Reconciler(cfg) working
+        self.source = source or wiring.build_source(cfg)
+        self.engine = engine or wiring.build_engine(cfg)
+        self.compose = compose or wiring.build_compose(cfg)
         self.registry_auth = dict(registry_auth or {})
         self.observers = list(observers)
         self.gates = list(gates)
@@ -250,8 +192,7 @@ class Reconciler:
                            cfg.agent.handover_seconds, self._pull, sleep)
         self.stack = (StackJournal(cfg.agent.state_dir, cfg.compose.project_dir)
                       if cfg.compose.from_repo else None)
-        self.compose_for = compose_for or (
-            lambda files, mirror=None: _files_compose(cfg, files, mirror))
+        self.compose_for = compose_for or wiring.compose_for(cfg)
         self._project_compose: StackCompose | None = None
         self.swarm = swarm_update(cfg, self.kit)  # [engine] kind = "swarm": Swarm's updates
 
