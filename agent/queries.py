@@ -1,19 +1,31 @@
-"""Read-only views for ``status`` and ``diff``: typed, built from the reconciler's public
-read-only methods, the state file and one observation of the engine. ``status`` writes
+"""Read-only views for ``status`` and ``diff``: typed, built from the read model at the
+end of this module (the cached or freshly fetched desired state, the plan a pass would
+make, the compose files' view of what runs), the state file and one observation of the
+engine. The pass (:class:`agent.reconcile.Reconciler`) holds none of this. ``status`` writes
 nothing; ``diff`` fetches (which writes the source's own cache) only under the state_dir
 lock, and otherwise reads the desired state the running agent last validated."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.desired import DesiredState
 from agent.errors import AgentError, DockerUnavailable, LocalPermissionDenied, LockHeld
 from agent.health import service_health
-from agent.plan import running_digest
+from agent.plan import (
+    ObservedContainer,
+    Plan,
+    effective_target,
+    make_plan,
+    running_config_hash,
+    running_digest,
+)
 from agent.ports import Fetched
-from agent.reconcile import Reconciler
+from agent.reconcile import DESIRED_CACHE, Loaded, Reconciler
+from agent.staging import StagedStack
 from agent.state import AgentState, Change, StateLock
 
 
@@ -105,7 +117,7 @@ def _replicas(rec: Reconciler, names: list[str]) -> dict[str, str]:
 
 def status(rec: Reconciler) -> StatusView:
     state = rec.store.load()
-    fetched = rec.cached_desired()
+    fetched = cached_desired(rec)
     desired, problem = _desired(fetched)
     last = state.last_attempted
     if last is not None and last.outcome == "invalid" and last.reason:
@@ -113,7 +125,7 @@ def status(rec: Reconciler) -> StatusView:
     names = sorted(set(desired.services if desired else {}) | set(state.known_good))
     engine_problem = engine_error = None
     try:
-        observed = rec.observe_all()
+        observed = observe_all(rec)
         matches = _running_config(rec, observed)
         replicas = _replicas(rec, names)
     except (DockerUnavailable, LocalPermissionDenied) as e:
@@ -191,7 +203,7 @@ def _wave(rec: Reconciler, desired: DesiredState | None) -> str | None:
 
 def _running_config(rec: Reconciler, observed: Any) -> dict[str, bool | None]:
     try:
-        return rec.running_config(observed)
+        return running_config(rec, observed)
     except AgentError:
         return {}  # compose files that do not parse: status still shows the rest
 
@@ -200,19 +212,19 @@ def diff(rec: Reconciler) -> DiffView:
     """What a sync would change. Validates like a pass (InvalidInput propagates)."""
     try:
         with StateLock(rec.cfg.agent.state_dir):
-            fetched: Fetched | None = rec.fetch_desired()
+            fetched: Fetched | None = fetch_desired(rec)
             origin = "fetched"
     except LockHeld:
-        fetched, origin = rec.cached_desired(), "cached"
+        fetched, origin = cached_desired(rec), "cached"
         if fetched is None:
             raise
     assert fetched is not None
     state: AgentState = rec.store.load()
-    stack = rec.stack_for(fetched, state) if origin == "fetched" else None
+    stack = stack_for(rec, fetched, state) if origin == "fetched" else None
     loaded = rec.load_desired(fetched, stack)
-    observed = rec.observe_all()
-    plan = rec.plan_for(loaded, observed, state)
-    config = rec.config_keys_changed(loaded, plan.config_changed) if stack else {}
+    observed = observe_all(rec)
+    plan = plan_for(rec, loaded, observed, state)
+    config = config_keys_changed(rec, loaded, plan.config_changed) if stack else {}
     drift = [] if stack else sorted(s for s, ok in _running_config(rec, observed).items()
                                     if ok is False)
     return DiffView(revision=fetched.revision,
@@ -221,3 +233,77 @@ def diff(rec: Reconciler) -> DiffView:
                     origin=origin, config=config, config_drift=drift,
                     files_written=stack.plan.writes if stack else [],
                     files_removed=stack.plan.deletes if stack else [])
+
+
+# ================================================================== the read model
+# What ``status`` and ``diff`` ask of a pass that is not run: the desired state it last
+# validated, a fresh fetch, one observation, its plan and the compose files' view.
+
+def cached_desired(rec: Reconciler) -> Fetched | None:
+    """The desired state the last pass validated (no fetch, nothing written)."""
+    path = rec.cfg.agent.state_dir / DESIRED_CACHE
+    try:
+        doc = json.loads(path.read_bytes())
+        return Fetched(str(doc["revision"]), str(doc["content"]).encode(), str(doc["path"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def fetch_desired(rec: Reconciler) -> Fetched:
+    """Fetch the desired state afresh (writes the source's own cache: hold the lock)."""
+    return rec._fetch(rec.store.load())
+
+
+def observe_all(rec: Reconciler) -> dict[str, list[ObservedContainer]]:
+    return rec.engine.observe(rec.cfg.compose.name)
+
+
+def plan_for(rec: Reconciler, loaded: Loaded,
+             observed: Mapping[str, Sequence[ObservedContainer]], state: AgentState) -> Plan:
+    failed = loaded.revision in state.failed_revisions
+    target = effective_target(loaded.desired, state.known_good, failed)
+    return make_plan(loaded.revision, target, observed, state.known_good,
+                     rec._config_hashes(loaded, target))
+
+
+def stack_for(rec: Reconciler, fetched: Fetched, state: AgentState) -> StagedStack | None:
+    """compose.from_repo: the revision's files, staged (under state_dir) when they
+    differ from project_dir's; project_dir is not touched. Hold the lock."""
+    return rec._stack_files(state, fetched, force=False)
+
+
+def running_config(rec: Reconciler, observed: Mapping[str, Sequence[ObservedContainer]]
+                   ) -> dict[str, bool | None]:
+    """Per running service: whether its containers' configuration is the one the
+    compose files in project_dir give it (at the digest it runs), None when unknown.
+    A False without from_repo: someone edited the compose files since (or the
+    containers)."""
+    pinned = {}
+    for s, cs in observed.items():
+        d = running_digest(cs)
+        live = [c for c in cs if c.digest == d and d is not None]
+        if live and "@" in live[0].image_ref:
+            pinned[s] = f"{live[0].image_ref.split('@', 1)[0]}@{d}"
+    hashes = rec._files_compose().config_hashes(
+        pinned, rec._project_labels() if rec.stack is not None else None)
+    out: dict[str, bool | None] = {}
+    for s, cs in observed.items():
+        have = running_config_hash(cs)
+        out[s] = None if have is None or s not in hashes else have == hashes[s]
+    return out
+
+
+def config_keys_changed(rec: Reconciler, loaded: Loaded,
+                        services: Sequence[str]) -> dict[str, list[str]]:
+    """Per service, the top-level compose keys (``environment``, ``ports``, ``labels``…)
+    whose value differs between project_dir's compose files and the revision's, and
+    the git files it reads whose content changes (first)."""
+    if loaded.stack is not None and loaded.stack.reasons:
+        return {s: loaded.stack.reasons.get(s) or ["?"] for s in services}
+    now = rec._files_compose().services()
+    out = {}
+    for s in services:
+        a, b = now.get(s) or {}, loaded.compose_services.get(s) or {}
+        out[s] = sorted(k for k in {*a, *b} if a.get(k) != b.get(k)) or ["(added)"
+                                                                         if not a else "?"]
+    return out

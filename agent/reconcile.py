@@ -947,69 +947,6 @@ class Reconciler:
             self._check_stack(stack, f"compose.from_repo@{revision[:12]}")
         return stack
 
-    # ================================================================== read-only
-    def cached_desired(self) -> Fetched | None:
-        """The desired state the last pass validated (no fetch, nothing written)."""
-        path = self.cfg.agent.state_dir / DESIRED_CACHE
-        try:
-            doc = json.loads(path.read_bytes())
-            return Fetched(str(doc["revision"]), str(doc["content"]).encode(), str(doc["path"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def fetch_desired(self) -> Fetched:
-        """Fetch the desired state afresh (writes the source's own cache: hold the lock)."""
-        return self._fetch(self.store.load())
-
-    def observe_all(self) -> dict[str, list[ObservedContainer]]:
-        return self.engine.observe(self.cfg.compose.name)
-
-    def plan_for(self, loaded: Loaded, observed: Mapping[str, Sequence[ObservedContainer]],
-                 state: AgentState) -> Plan:
-        failed = loaded.revision in state.failed_revisions
-        target = effective_target(loaded.desired, state.known_good, failed)
-        return make_plan(loaded.revision, target, observed, state.known_good,
-                         self._config_hashes(loaded, target))
-
-    def stack_for(self, fetched: Fetched, state: AgentState) -> StagedStack | None:
-        """compose.from_repo: the revision's files, staged (under state_dir) when they
-        differ from project_dir's; project_dir is not touched. Hold the lock."""
-        return self._stack_files(state, fetched, force=False)
-
-    def running_config(self, observed: Mapping[str, Sequence[ObservedContainer]]
-                       ) -> dict[str, bool | None]:
-        """Per running service: whether its containers' configuration is the one the
-        compose files in project_dir give it (at the digest it runs), None when unknown.
-        A False without from_repo: someone edited the compose files since (or the
-        containers)."""
-        pinned = {}
-        for s, cs in observed.items():
-            d = running_digest(cs)
-            live = [c for c in cs if c.digest == d and d is not None]
-            if live and "@" in live[0].image_ref:
-                pinned[s] = f"{live[0].image_ref.split('@', 1)[0]}@{d}"
-        hashes = self._files_compose().config_hashes(
-            pinned, self._project_labels() if self.stack is not None else None)
-        out: dict[str, bool | None] = {}
-        for s, cs in observed.items():
-            have = running_config_hash(cs)
-            out[s] = None if have is None or s not in hashes else have == hashes[s]
-        return out
-
-    def config_keys_changed(self, loaded: Loaded, services: Sequence[str]) -> dict[str, list[str]]:
-        """Per service, the top-level compose keys (``environment``, ``ports``, ``labels``…)
-        whose value differs between project_dir's compose files and the revision's, and
-        the git files it reads whose content changes (first)."""
-        if loaded.stack is not None and loaded.stack.reasons:
-            return {s: loaded.stack.reasons.get(s) or ["?"] for s in services}
-        now = self._files_compose().services()
-        out = {}
-        for s in services:
-            a, b = now.get(s) or {}, loaded.compose_services.get(s) or {}
-            out[s] = sorted(k for k in {*a, *b} if a.get(k) != b.get(k)) or ["(added)"
-                                                                             if not a else "?"]
-        return out
-
     def _files_compose(self) -> StackCompose:
         if self._project_compose is None:
             self._project_compose = self.compose_for(
