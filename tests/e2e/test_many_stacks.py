@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from structlog.testing import capture_logs
 
 from agent.cli import main as cli_main
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 STACKS = ("infra", "app", "tools")
 
 
@@ -316,3 +318,121 @@ def test_the_daemon_runs_every_stack_under_one_lock(mono: Monorepo) -> None:
     finally:
         assert d.stop() == 0
     assert mono.running_digest("app", "api") == mono.images["api-v1"]
+
+
+# ------------------------------------------------------------------ reporting, webhook
+def test_each_stack_reports_under_its_own_status_context_metrics_label_and_name(
+        mono: Monorepo) -> None:
+    from github_server import FakeGitHub
+    from notify_receiver import NotifyReceiver
+    from prometheus_client.parser import text_string_to_metric_families
+
+    token = mono.root / "status-token"
+    token.write_text("ghs_stacks_token\n")
+    token.chmod(0o600)
+    textfile = mono.root / "agent.prom"
+    with FakeGitHub(repo="acme/ops", token="ghs_stacks_token") as gh, NotifyReceiver() as rx:
+        cfg = mono.config.read_text().replace(
+            "stack_concurrency = 2\n", 'stack_concurrency = 2\nhost = "prod-1"\n', 1)
+        mono.config.write_text(cfg + textwrap.dedent(f"""\
+
+            [report.github]
+            repo = "acme/ops"
+            api_url = "{gh.api_url}"
+            token_file = "{token}"
+            timeout_seconds = 2
+
+            [metrics]
+            textfile = "{textfile}"
+
+            [notify]
+            urls = ["{rx.url}"]
+            on = ["rolled-back"]
+            """))
+        first = first_release(mono)
+        mono.desired("tools", api="api-v2")
+        bad = mono.desired("infra", web="web-bad")
+        gh.known_commit(first)
+        gh.known_commit(bad)
+        r = mono.cli("sync")
+        assert r.code == 1, "\n".join(map(str, r.logs))
+        by_context = {s["context"]: s["state"] for s in gh.statuses_for(bad)}
+        assert by_context == {"deploy/prod-1/infra": "failure",
+                              "deploy/prod-1/tools": "success"}
+        [msg] = rx.wait_for(1)
+        assert msg["title"] == f"prod-1/infra: rolled back {bad[:12]}"
+        assert "stack: infra" in msg["message"]
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(textfile.read_text())
+               for s in fam.samples}
+    assert samples[("gitops_agent_releases_total",
+                    (("outcome", "rolled-back"), ("stack", "infra")))] == 1
+    assert samples[("gitops_agent_releases_total",
+                    (("outcome", "rolled-back"), ("stack", "tools")))] == 0
+    assert samples[("gitops_agent_releases_total",  # the first release and this one
+                    (("outcome", "applied"), ("stack", "tools")))] == 2
+
+
+def test_rollback_of_one_stack_is_asked_of_the_running_daemon(mono: Monorepo) -> None:
+    first_release(mono)
+    mono.desired("app", api="api-v2")
+    d = DaemonProcess(mono.config)
+    try:
+        d.wait_for("agent.pass.completed", timeout=120,
+                   where=lambda e: e.get("stack") == "app" and e.get("outcome") == "applied")
+        assert mono.running_digest("app", "api") == mono.images["api-v2"]
+        p = subprocess.run(
+            [sys.executable, "-m", "agent", "--config", str(mono.config), "rollback",
+             "--stack", "app"], capture_output=True, text=True, timeout=180, cwd=REPO_ROOT)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "asking it to roll back" in p.stdout
+        assert mono.running_digest("app", "api") == mono.images["api-v1"]
+        assert mono.running_digest("infra", "web") == mono.images["web-v1"]  # untouched
+        # that stack is frozen after its rollback, the others are not
+        assert (mono.state_dir / "stacks" / "app" / "freeze.json").exists()
+        assert not (mono.state_dir / "stacks" / "infra" / "freeze.json").exists()
+    finally:
+        assert d.stop() == 0
+
+
+def test_a_signed_push_to_either_repository_starts_a_round(mono: Monorepo) -> None:
+    import hashlib
+    import hmac
+    import http.client
+
+    secret = mono.root / "webhook.secret"
+    secret.write_text("stacks-webhook-secret\n")
+    secret.chmod(0o600)
+    other = rig.GitRepo(mono.root / "git2").init()
+    port = rig.free_port()
+    cfg = mono.config.read_text().replace("interval_seconds = 2", "interval_seconds = 3600")
+    # tools moves to a repository of its own
+    cfg = cfg.replace('name = "tools"\nrepo = "mono"\npath = "tools/desired-state.yml"\n',
+                      f'name = "tools"\npath = "tools/desired-state.yml"\n'
+                      f'[stack.source]\nrepo = "{other.origin}"\n')
+    mono.config.write_text(cfg + f'\n[webhook]\nlisten = "127.0.0.1:{port}"\n'
+                           f'secret_file = "{secret}"\nkind = "github"\n')
+    mono.desired("infra", web="web-v1")
+    mono.desired("app", api="api-v1")
+    other.commit_file("tools/desired-state.yml", rig.desired_yaml(
+        {"api": (f"{mono.reg}/e2e/api", mono.images["api-v1"])}), "tools v1")
+    d = DaemonProcess(mono.config)
+    try:
+        d.wait_for("agent.pass.completed", timeout=120, count=3)
+        d.wait_for("agent.webhook.listening")
+        rev = other.commit_file("tools/desired-state.yml", rig.desired_yaml(
+            {"api": (f"{mono.reg}/e2e/api", mono.images["api-v2"])}), "tools v2")
+        body = json.dumps({"ref": "refs/heads/main",
+                           "repository": {"clone_url": str(other.origin)}}).encode()
+        sig = "sha256=" + hmac.new(b"stacks-webhook-secret", body, hashlib.sha256).hexdigest()
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        c.request("POST", "/", body=body, headers={"X-GitHub-Event": "push",
+                                                  "X-Hub-Signature-256": sig})
+        assert c.getresponse().status == 202
+        c.close()
+        d.wait_for("agent.pass.completed", timeout=60,
+                   where=lambda e: e.get("stack") == "tools" and e.get("revision") == rev
+                   and e.get("outcome") == "applied")
+        assert mono.running_digest("tools", "api") == mono.images["api-v2"]
+    finally:
+        assert d.stop() == 0
