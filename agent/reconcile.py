@@ -71,6 +71,7 @@ from agent.plan import (
     running_config_hash,
     running_digest,
 )
+from agent.platform import ComposePlatform
 from agent.policy import check_host_policy, check_raw_references
 from agent.ports import (
     ComposeProject,
@@ -110,8 +111,8 @@ from agent.state import (
     utcnow,
     write_atomic,
 )
-from agent.strategies import Toolkit, UpdateStrategy, pins, strategy_for
-from agent.swarm import swarm_update
+from agent.strategies import Platform, Toolkit, UpdateStrategy, pins
+from agent.swarm import swarm_platform
 from agent.trust import check_ancestry
 from agent.wiring import build_source  # re-exported: agent/stacks.py imports it here
 
@@ -194,7 +195,10 @@ class Reconciler:
                       if cfg.compose.from_repo else None)
         self.compose_for = compose_for or wiring.compose_for(cfg)
         self._project_compose: StackCompose | None = None
-        self.swarm = swarm_update(cfg, self.kit)  # [engine] kind = "swarm": Swarm's updates
+        # where releases run: Swarm's stack ([engine] kind = "swarm") or compose
+        self.compose_platform = ComposePlatform(
+            self.kit, timeout=cfg.agent.health_timeout_seconds, settle=cfg.agent.settle_seconds)
+        self.platform: Platform = swarm_platform(cfg, self.kit) or self.compose_platform
 
     # ================================================================== the pass
     def run_pass(self, *, force: bool = False) -> PassResult:
@@ -526,29 +530,13 @@ class Reconciler:
 
     def _verify(self, release: Release) -> None:
         """Every touched service healthy at its target digest, else Unhealthy."""
-        verdict = (self.swarm.verify(release.touched, release) if self.swarm is not None
-                   else self._wait_healthy(release.touched, release.target, release.hashes))
+        verdict = self.platform.verify(release.touched, release)
         if verdict is not None:
             raise Unhealthy(verdict)
 
     def _wait_healthy(self, services: Sequence[str], target: Mapping[str, ImageDigest],
                       hashes: Mapping[str, str] | None = None) -> str | None:
-        def observe() -> dict[str, list[ObservedContainer]]:
-            seen = self.engine.observe(self.cfg.compose.name, set(services), detail=True)
-            if not hashes:
-                return seen
-            # compose.from_repo: the release's containers carry its configuration hash
-            # (another container at the same digest is an older configuration, retired)
-            return {s: [c for c in cs if s not in hashes or c.config_hash == hashes[s]]
-                    for s, cs in seen.items()}
-
-        return health.wait_healthy(
-            observe=observe,
-            services=services,
-            digests={s: target[s].digest for s in services},
-            timeout=self.cfg.agent.health_timeout_seconds,
-            settle=self.cfg.agent.settle_seconds,
-        )
+        return self.compose_platform.wait_healthy(services, target, hashes)
 
     def _start_unmanaged(self, services: Sequence[str]) -> None:
         """Best effort: services desired-state does not list run as compose.yml says. Their
@@ -614,10 +602,7 @@ class Reconciler:
 
     def _strategies(self, release: Release,
                     services: Sequence[str]) -> list[tuple[UpdateStrategy, list[str]]]:
-        if self.swarm is not None:
-            return [(self.swarm, list(services))] if services else []
-        return [(strategy_for(order, self.kit), group)
-                for order, group in release.by_order(services)]
+        return self.platform.strategies(release, services)
 
     def _pin(self, images: Mapping[str, ImageDigest]) -> None:
         if self.stack is None:

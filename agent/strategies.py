@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import structlog
 
@@ -228,3 +228,15 @@ def start_first_scale(
 
 def pins(images: Mapping[str, ImageDigest]) -> dict[str, str]:
     return {n: f"{d.image}@{d.digest}" for n, d in images.items()}
+
+
+class Platform(Protocol):
+    """Where the release runs (compose on one engine, or a Swarm stack): which strategy
+    updates which touched services, and whether they came up. The pass asks only this."""
+
+    def strategies(self, release: Release,
+                   services: Sequence[str]) -> list[tuple[UpdateStrategy, list[str]]]: ...
+
+    def verify(self, services: Sequence[str], release: Release) -> str | None:
+        """None when every service runs healthy at its target, else why not."""
+        ...

@@ -239,3 +239,24 @@ def swarm_update(cfg: AgentConfig, kit: Toolkit) -> SwarmUpdate | None:
     if not hasattr(view, "swarm_services"):
         raise TypeError("[engine] kind = \"swarm\" needs an engine that reads Swarm services")
     return SwarmUpdate(kit, cast(SwarmView, view), cfg.agent.health_timeout_seconds)
+
+
+class SwarmPlatform:
+    """Swarm as a platform (:class:`agent.strategies.Platform`): one stack deploy for every
+    touched service, verified by Swarm's own task states."""
+
+    def __init__(self, update: SwarmUpdate) -> None:
+        self.update = update
+
+    def strategies(self, release: Release,
+                   services: Sequence[str]) -> list[tuple[UpdateStrategy, list[str]]]:
+        return [(self.update, list(services))] if services else []
+
+    def verify(self, services: Sequence[str], release: Release) -> str | None:
+        return self.update.verify(services, release)
+
+
+def swarm_platform(cfg: AgentConfig, kit: Toolkit) -> SwarmPlatform | None:
+    """``[engine] kind = "swarm"``: Swarm's platform (None for compose)."""
+    update = swarm_update(cfg, kit)
+    return SwarmPlatform(update) if update is not None else None
