@@ -444,6 +444,15 @@ class NotifyConfig(_Strict):
     stuck_after_seconds: Annotated[float, Field(gt=0)] = 900
 
 
+class FleetConfig(_Strict):
+    """``[fleet]``: how a rollout wave is judged done (agent/fleet.py). ``sample``: the
+    successes a wave of named hosts needs before the next wave goes (all of them when it
+    names fewer); ``"all"``: every named host (the strict gate). A wave's min_hosts wins; a
+    failure from any host of an earlier wave always halts."""
+
+    sample: Annotated[int, Field(ge=1, le=100000)] | Literal["all"] = 10
+
+
 class EngineConfig(_Strict):
     """``[engine]``: what runs the services. ``compose`` (one host, ``docker compose``) or
     ``swarm`` (a Docker Swarm cluster: the stack is ``[compose] project_name``, deployed
@@ -463,6 +472,7 @@ class AgentConfig(_Strict):
     metrics: MetricsConfig = MetricsConfig()
     notify: NotifyConfig | None = None
     webhook: WebhookConfig | None = None
+    fleet: FleetConfig = FleetConfig()
     # the stack's name in reports (commit status context, metrics, notifications): set for
     # each [[stack]] by agent/stacks.py; None for a config without [[stack]] tables
     stack_name: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")

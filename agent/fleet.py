@@ -305,7 +305,9 @@ def build_gates(cfg: AgentConfig) -> list[Gate]:
     def trusted() -> Collection[str]:
         return frozenset(listed) if listed is not None else frozenset([client.token_login()])
 
-    return [RolloutGate(host_name(cfg), context=gh.context, read=client.read,
+    # a [[stack]]'s statuses: its own context (deploy/{host}/{stack}), the stack named
+    context = gh.context.replace("{stack}", cfg.stack_name or cfg.compose.name)
+    return [RolloutGate(host_name(cfg), context=context, read=client.read,
                         trusted=trusted, sample=fleet_sample(cfg))]
 
 

@@ -572,7 +572,7 @@ class StackSet:
 
     def _repo(self, spec: StackSpec) -> SharedRepo:
         if spec.repo_key not in self.repos:
-            from agent.reconcile import build_source
+            from agent.wiring import build_source
 
             where = (self.file.state_dir / "repos" / spec.repo_key.removeprefix("repo:")
                      if spec.repo_key.startswith("repo:") else spec.cfg.agent.state_dir)

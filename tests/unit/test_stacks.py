@@ -372,3 +372,29 @@ def test_each_stacks_metrics_carry_its_stack_label_in_one_scrape(tmp_path: Path)
     assert 'gitops_agent_passes_total{outcome="rolled-back",stack="app"} 1.0' in text
     assert 'gitops_agent_passes_total{outcome="applied",stack="app"} 0.0' in text
     assert (tmp_path / "agent.prom").read_text().count('stack="app"') > 3
+
+
+def test_the_drop_in_names_every_stacks_project_dir(tmp_path: Path) -> None:
+    from agent.install import drop_in_for_config
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[[repo]]\nname = "ops"\nrepo = "https://git.example.test/ops.git"\n'
+                   '[[stack]]\nname = "a"\nrepo = "ops"\n[stack.compose]\n'
+                   'project_dir = "/srv/a"\n'
+                   '[[stack]]\nname = "b"\nrepo = "ops"\n[stack.compose]\n'
+                   'project_dir = "b"\n')
+    text = drop_in_for_config(cfg)
+    assert 'ReadWritePaths="/srv/a"\n' in text
+    assert f'ReadWritePaths="{tmp_path / "b"}"\n' in text
+
+
+def test_check_config_names_a_stacks_missing_project_dir(tmp_path: Path) -> None:
+    from agent.check_config import check_config
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+                   '[[repo]]\nname = "ops"\nrepo = "https://git.example.test/ops.git"\n'
+                   '[[stack]]\nname = "shop"\nrepo = "ops"\n[stack.compose]\n'
+                   f'project_dir = "{tmp_path / "nope"}"\n')
+    problems = check_config(cfg)
+    assert f"stack.shop.compose.project_dir: {tmp_path / 'nope'} does not exist" in problems
