@@ -402,6 +402,7 @@ class StackSource:
         self.last_revision = last_revision
         self._seen_round = -1
         self._last: tuple[str, bytes, dict[str, bytes]] | None = None
+        self._answer: tuple[str, Fetched] | None = None  # (head, what the stack saw)
 
     def describe(self) -> str:
         inner = str(self.repo.source.describe())
@@ -423,6 +424,15 @@ class StackSource:
         head = self.repo.fetch(again=again)
         if head.trust_error:
             return replace(head, content=b"", path=self.path)
+        if self._answer is not None and self._answer[0] == head.revision:
+            return self._answer[1]  # the same head as last round: nothing read again
+        got = self._judge(head)
+        self._answer = (head.revision, replace(got, went_backwards=False))
+        return got
+
+    def _judge(self, head: Fetched) -> Fetched:
+        """What this stack sees of a new head: it, or the revision it has when the head
+        changed none of its files."""
         content = self._content(head)
         files = self.read_files(head.revision, self.paths) if self.paths else {}
         last = self._last or self._load_last()

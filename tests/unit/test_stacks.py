@@ -398,3 +398,26 @@ def test_check_config_names_a_stacks_missing_project_dir(tmp_path: Path) -> None
                    f'project_dir = "{tmp_path / "nope"}"\n')
     problems = check_config(cfg)
     assert f"stack.shop.compose.project_dir: {tmp_path / 'nope'} does not exist" in problems
+
+
+def test_an_idle_round_reads_no_file_of_the_stack_again(tmp_path: Path) -> None:
+    repo = FakeRepo()
+    rev = repo.commit()
+    repo.commits[rev] = files(infra__desired_state_yml=b"i1", infra__compose_yml=b"c1",
+                              app__desired_state_yml=b"a1")
+    reads: list[list[str]] = []
+    real = repo.read_files
+
+    def counting(revision: str, paths: list[str]) -> dict[str, bytes]:
+        reads.append(paths)
+        return real(revision, paths)
+
+    repo.read_files = counting  # type: ignore[method-assign]
+    shared, infra, app = views(tmp_path, repo)
+    shared.new_round()
+    infra.fetch(), app.fetch()
+    first = len(reads)
+    for _ in range(3):
+        shared.new_round()
+        assert (infra.fetch().revision, app.fetch().revision) == (rev, rev)
+    assert len(reads) == first  # GitHub kind: no API request on an idle round
