@@ -477,6 +477,11 @@ class AgentConfig(_Strict):
     # each [[stack]] by agent/stacks.py; None for a config without [[stack]] tables
     stack_name: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
+    @property
+    def stack_label(self) -> str:
+        """The stack's name in reports: its [[stack]] name, else the compose project's."""
+        return self.stack_name or self.compose.name
+
     @model_validator(mode="after")
     def _report_repo(self) -> AgentConfig:
         gh = self.report.github

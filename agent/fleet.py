@@ -306,7 +306,7 @@ def build_gates(cfg: AgentConfig) -> list[Gate]:
         return frozenset(listed) if listed is not None else frozenset([client.token_login()])
 
     # a [[stack]]'s statuses: its own context (deploy/{host}/{stack}), the stack named
-    context = gh.context.replace("{stack}", cfg.stack_name or cfg.compose.name)
+    context = gh.context.replace("{stack}", cfg.stack_label)
     return [RolloutGate(host_name(cfg), context=context, read=client.read,
                         trusted=trusted, sample=fleet_sample(cfg))]
 

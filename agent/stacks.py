@@ -364,7 +364,6 @@ class SharedRepo:
         self._got: Fetched | None = None
         self._error: AgentError | None = None
         self.round = 0
-        self.fetches = 0
 
     def new_round(self) -> None:
         with self._lock:
@@ -375,7 +374,6 @@ class SharedRepo:
         """This round's fetch; ``again`` (a stack's retry) fetches anew."""
         with self._lock:
             if again or (self._got is None and self._error is None):
-                self.fetches += 1
                 try:
                     self._got, self._error = self.source.fetch(), None
                 except AgentError as e:
@@ -511,7 +509,6 @@ def _why_not(outcome: str, revision: str | None, reason: str | None) -> str:
 class StackRun:
     spec: StackSpec
     rec: Reconciler
-    source: StackSource | None = None
 
     @property
     def name(self) -> str:
@@ -552,7 +549,7 @@ class StackSet:
             rec = build_reconciler(spec.cfg, report=report, source=view, observers=obs)
             if report and spec.depends_on:
                 rec.gates.append(DependencyGate(spec.name, spec.depends_on, out.blocked))
-            out.runs.append(StackRun(spec, rec, view))
+            out.runs.append(StackRun(spec, rec))
             out.observers += obs
         if metrics is not None and serve_metrics and file.metrics.listen is not None:
             metrics.serve(file.metrics.listen)

@@ -83,7 +83,7 @@ class GitHubStatusReporter:
         return cls(repo=gh.repo, api_url=gh.api_url, token=token, context=gh.context,
                    host=host_name(cfg), state_dir=cfg.agent.state_dir,
                    timeout=gh.timeout_seconds, post_pending=gh.post_pending,
-                   stack=cfg.stack_name or cfg.compose.name)
+                   stack=cfg.stack_label)
 
     # ------------------------------------------------------------------ PassObserver
     def release_started(self, revision: str, services: Sequence[str]) -> None:

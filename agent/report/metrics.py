@@ -227,7 +227,7 @@ class StackMetrics:
 
     def observer(self, cfg: AgentConfig) -> MetricsObserver:
         m = MetricsObserver(cfg.agent.state_dir, textfile=self.textfile, export=self.registry)
-        self._parts.parts[cfg.stack_name or cfg.compose.name] = m.registry
+        self._parts.parts[cfg.stack_label] = m.registry
         return m
 
     def serve(self, listen: str) -> None:
