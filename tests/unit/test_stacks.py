@@ -421,3 +421,21 @@ def test_an_idle_round_reads_no_file_of_the_stack_again(tmp_path: Path) -> None:
         shared.new_round()
         assert (infra.fetch().revision, app.fetch().revision) == (rev, rev)
     assert len(reads) == first  # GitHub kind: no API request on an idle round
+
+
+def test_a_stacks_rollout_gate_reads_its_own_status_context_and_fleet_sample(
+        tmp_path: Path) -> None:
+    from agent.fleet import build_gates
+
+    token = tmp_path / "token"
+    token.write_text("ghs_x\n")
+    token.chmod(0o600)
+    doc = stacks_config(tmp_path, report={"github": {"repo": "acme/ops",
+                                                     "token_file": str(token)}},
+                        fleet={"sample": 3})
+    doc["agent"]["host"] = "web1"
+    app = parse_agent_file(doc).specs[1]
+    [gate] = build_gates(app.cfg)
+    # the template the gate reads every host's status of this stack with
+    assert gate.context == "deploy/{host}/app"
+    assert gate.sample == 3
