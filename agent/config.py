@@ -1,22 +1,20 @@
 """The agent's TOML configuration: parsed and validated up front, every error at once.
 
+The tables live here (source, compose, agent, registry, trust, engine) and in
+agent/config_allow.py (``[compose.allow]``) and agent/config_report.py (report, metrics,
+webhook, notify, fleet); agent/config_base.py holds the strict base and the URL checks.
+
 Pure: imports nothing that touches Docker, git or the network.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import SplitResult, urlsplit
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -24,16 +22,22 @@ from pydantic import (
     model_validator,
 )
 
+from agent.config_allow import ComposeAllow as ComposeAllow
+from agent.config_allow import normalize_capability as normalize_capability
+from agent.config_base import Strict, cleartext_to_remote_host, url_credentials_problem
+from agent.config_report import (
+    FleetConfig,
+    MetricsConfig,
+    NotifyConfig,
+    ReportConfig,
+    WebhookConfig,
+)
 from agent.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/gitops-agent/agent.toml")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class SourceConfig(_Strict):
+class SourceConfig(Strict):
     kind: Literal["git", "github"] = "git"
     repo: str = Field(min_length=1)
     branch: str = Field(default="main", min_length=1)
@@ -84,151 +88,9 @@ class SourceConfig(_Strict):
         return self
 
 
-def _split_url(url: str) -> SplitResult | None:
-    """``url`` split, or None for what git takes as a path or an scp-like address."""
-    if "://" not in url:
-        return None
-    try:
-        return urlsplit(url)
-    except ValueError:
-        return None
 
 
-def url_credentials_problem(url: str) -> str | None:
-    """Why ``url`` must not be used as it is (it carries credentials), or None. The message
-    never repeats the URL: it is a secret."""
-    parts = _split_url(url)
-    if parts is not None and parts.scheme and (parts.query or "?" in url):
-        # ?access_token=..., ?private_token=...: the same secret in another place
-        return (
-            "the URL has a query string (?...), where tokens go: it would be on every "
-            "git command line and in logs: remove it from the URL and put the token in "
-            "source.token_file"
-        )
-    if parts is None or "@" not in parts.netloc:
-        return None
-    userinfo = parts.netloc.rsplit("@", 1)[0]
-    # ssh://git@host/... names the login user, no secret; a password never belongs there,
-    # and an http(s) user name is itself often a token (https://ghp_xxx@github.com/...)
-    if ":" in userinfo or parts.scheme.lower() in ("http", "https"):
-        return (
-            "the URL carries credentials (user:token@); they would be on every git command "
-            "line and in logs: remove them from the URL and put the token in "
-            "source.token_file"
-        )
-    return None
-
-
-def cleartext_to_remote_host(url: str) -> bool:
-    """``http://`` to a host that is not loopback (127.0.0.0/8, ::1, localhost)."""
-    parts = _split_url(url)
-    if parts is None or parts.scheme.lower() != "http":
-        return False
-    host = (parts.hostname or "").lower()
-    if host == "localhost":
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return True
-
-
-_SERVICE_RE = re.compile(r"^(\*|[a-zA-Z0-9._][a-zA-Z0-9._-]{0,254})\Z")
-_CAPABILITY_RE = re.compile(r"^(\*|[A-Za-z_]{1,64})\Z")
-
-
-def _service_name(v: str) -> str:
-    if not _SERVICE_RE.match(v):
-        raise ValueError(f"{v!r} is not a compose service name (or \"*\" for every service)")
-    return v
-
-
-def _capability(v: str) -> str:
-    if not _CAPABILITY_RE.match(v):
-        raise ValueError(f"{v!r} is not a capability name (NET_ADMIN, or \"*\" for any)")
-    return v
-
-
-def normalize_capability(name: str) -> str:
-    """``cap_net_admin``, ``CAP_NET_ADMIN`` and ``NET_ADMIN`` are one capability."""
-    return name.upper().removeprefix("CAP_")
-
-
-# a compose service name, or "*" for every service
-_ServiceName = Annotated[str, AfterValidator(_service_name)]
-_Capability = Annotated[str, AfterValidator(_capability)]
-
-
-class ComposeAllow(_Strict):
-    """``[compose.allow]``: what a compose file from git (``compose.from_repo``) may ask of
-    this host beyond an ordinary container. The admin decides here; nothing in git can
-    loosen it. Each service list names compose services, ``"*"`` meaning every service.
-
-    * ``privileged``: services that may run ``privileged: true``.
-    * ``host_namespaces``: services that may join a host namespace (``pid``, ``ipc``,
-      ``uts``, ``userns_mode``, ``cgroup`` or ``network_mode`` set to ``host``).
-    * ``cap_add``: a list of services that may add any capability (``["traefik"]``), or a
-      table of service -> the capabilities it may add
-      (``cap_add = { traefik = ["NET_BIND_SERVICE"] }``; ``"*"`` for any; names compared
-      case-insensitively without a ``CAP_`` prefix; compose's ``ALL`` is a name like any
-      other and must itself be listed).
-    * ``devices``: services that may map host devices (``devices``, ``device_cgroup_rules``).
-    * ``security_opt``: services that may turn confinement off (``seccomp``, ``apparmor``
-      or ``systempaths`` ``unconfined``, ``label`` ``disable``).
-    * ``bind_sources``: host paths outside project_dir that may be read or mounted: bind
-      mounts, local volumes bound to a device path, ``env_file``/``label_file``, and the
-      ``file:`` of configs and secrets. An exact absolute path (``"/etc/localtime"``), or a
-      directory ending in ``/`` (``"/srv/shared/"``: that directory and everything below).
-    * ``include_outside``: whether ``include:`` and ``extends: {file: ...}`` may name files
-      that are not files of the repository (``../shared/x.yml``, ``/etc/x.yml``, a local
-      file of project_dir, a remote resource). Default: no.
-    """
-
-    privileged: list[_ServiceName] = Field(default_factory=list)
-    host_namespaces: list[_ServiceName] = Field(default_factory=list)
-    cap_add: dict[_ServiceName, list[_Capability]] = Field(default_factory=dict)
-    devices: list[_ServiceName] = Field(default_factory=list)
-    security_opt: list[_ServiceName] = Field(default_factory=list)
-    bind_sources: list[str] = Field(default_factory=list)
-    include_outside: bool = False
-
-    @field_validator("cap_add", mode="before")
-    @classmethod
-    def _cap_add_list(cls, v: Any) -> Any:
-        """The list form: each service may add any capability (``["*"]``)."""
-        if isinstance(v, list):
-            if not all(isinstance(x, str) for x in v):
-                raise ValueError("must be a list of services, or a table of service -> "
-                                 "capabilities (cap_add = { traefik = [\"NET_BIND_SERVICE\"] })")
-            return {x: ["*"] for x in v}
-        if not isinstance(v, dict):
-            raise ValueError("must be a list of services, or a table of service -> "
-                             "capabilities (cap_add = { traefik = [\"NET_BIND_SERVICE\"] })")
-        return v
-
-    @field_validator("bind_sources")
-    @classmethod
-    def _absolute(cls, v: list[str]) -> list[str]:
-        for p in v:
-            if not p.startswith("/") or ".." in p.split("/") or "\0" in p:
-                raise ValueError(f"{p!r} must be an absolute host path without '..' "
-                                 "(a directory: end it with '/')")
-        return v
-
-    def allows(self, key: Literal["privileged", "host_namespaces", "devices", "security_opt"],
-               service: str) -> bool:
-        """Whether ``service`` is named (or ``"*"``) under the service list ``key``."""
-        names: list[str] = getattr(self, key)
-        return service in names or "*" in names
-
-    def capabilities(self, service: str) -> set[str]:
-        """The capabilities ``service`` may add (upper case, no ``CAP_`` prefix); ``"*"``
-        among them: any."""
-        caps = [*self.cap_add.get(service, []), *self.cap_add.get("*", [])]
-        return {c if c == "*" else normalize_capability(c) for c in caps}
-
-
-class ComposeConfig(_Strict):
+class ComposeConfig(Strict):
     project_dir: Path
     files: list[str] = Field(default_factory=lambda: ["compose.yml"], min_length=1)
     project_name: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
@@ -271,7 +133,7 @@ def default_project_name(project_dir: Path) -> str:
     return re.sub(r"[^a-z0-9_-]", "", project_dir.name.lower()) or "default"
 
 
-class AgentSection(_Strict):
+class AgentSection(Strict):
     interval_seconds: Annotated[float, Field(gt=0)] = 60
     jitter_seconds: Annotated[float, Field(ge=0)] = 10
     health_timeout_seconds: Annotated[float, Field(gt=0)] = 120
@@ -329,12 +191,12 @@ class AgentSection(_Strict):
         return v
 
 
-class RegistryCredentials(_Strict):
+class RegistryCredentials(Strict):
     username: str = Field(min_length=1)
     password_file: Path
 
 
-class TrustConfig(_Strict):
+class TrustConfig(Strict):
     allowed_images: list[str] | None = None
     require_signed_commits: bool = False
     allowed_signers_file: Path | None = None
@@ -343,117 +205,8 @@ class TrustConfig(_Strict):
     allow_rewind: bool = False
 
 
-# ------------------------------------------------------------------ reporting
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
-NOTIFY_EVENTS = ("applied", "rolled-back", "failed", "invalid", "stuck", "recovered")
-NotifyEvent = Literal["applied", "rolled-back", "failed", "invalid", "stuck", "recovered"]
 
-
-class GitHubReportConfig(_Strict):
-    """``[report.github]``: a commit status on each revision this host handles."""
-
-    repo: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-    api_url: str = "https://api.github.com"
-    token_file: Path
-    context: str = Field(default="deploy/{host}", min_length=1, max_length=100)
-    timeout_seconds: Annotated[float, Field(gt=0, le=30)] = 5.0
-    # post ``pending`` when a release starts, as well as its verdict: off by default, it
-    # doubles the statuses a fleet spends of GitHub's content-creation limit (BENCHMARKS)
-    post_pending: bool = False
-    # whose deploy statuses count for rollout waves: GitHub logins; default (None) the
-    # login of token_file's own token — a CI job or a branch workflow with statuses:write
-    # posts as another login and can neither release nor halt a wave
-    trusted_creators: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\[\]-]*$")]] | None = None
-
-    @field_validator("api_url")
-    @classmethod
-    def _https(cls, v: str) -> str:
-        from urllib.parse import urlsplit
-
-        problem = url_credentials_problem(v)
-        if problem:
-            raise ValueError(problem.replace("source.token_file", "report.github.token_file"))
-        u = urlsplit(v)
-        if u.scheme == "https" and u.hostname:
-            return v.rstrip("/")
-        if u.scheme == "http" and u.hostname in _LOOPBACK_HOSTS:
-            return v.rstrip("/")  # a test server on loopback
-        raise ValueError("must be an https:// URL (http:// only to loopback)")
-
-    @field_validator("context")
-    @classmethod
-    def _placeholders(cls, v: str) -> str:
-        rest = v.replace("{host}", "").replace("{stack}", "")
-        if rest.count("{") or rest.count("}"):
-            raise ValueError("only the {host} and {stack} placeholders are known")
-        return v
-
-
-class ReportConfig(_Strict):
-    github: GitHubReportConfig | None = None
-
-
-class MetricsConfig(_Strict):
-    listen: str | None = None
-    textfile: Path | None = None
-
-    @field_validator("listen")
-    @classmethod
-    def _host_port(cls, v: str | None) -> str | None:
-        import re
-
-        if v is None:
-            return v
-        m = re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})", v)
-        if not m:
-            raise ValueError("must be HOST:PORT, e.g. \"127.0.0.1:9120\"")
-        if not 0 < int(m.group(2)) < 65536:
-            raise ValueError("port must be 1-65535")
-        return v
-
-
-class WebhookConfig(_Strict):
-    """``[webhook]``: a signed push from the git host starts a pass at once (polling stays
-    the fallback). ``kind`` says how requests are signed: ``github`` (``X-Hub-Signature-256``
-    HMAC-SHA256), ``gitea`` (Gitea/Forgejo ``X-Gitea-Signature``/``X-Forgejo-Signature``
-    HMAC-SHA256) or ``gitlab`` (``X-Gitlab-Token``, compared in constant time); ``auto``
-    accepts any of them. The secret is read from ``secret_file`` (0600, never logged)."""
-
-    listen: str = "127.0.0.1:9300"
-    secret_file: Path
-    kind: Literal["auto", "github", "gitlab", "gitea"] = "auto"
-    # requests per minute from one source address before 429 (a flood costs no pass)
-    rate_limit_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 60
-
-    @field_validator("listen")
-    @classmethod
-    def _host_port(cls, v: str) -> str:
-        out = MetricsConfig._host_port(v)
-        assert out is not None
-        return out
-
-
-def _default_notify_on() -> list[NotifyEvent]:
-    return ["rolled-back", "failed", "invalid", "stuck", "recovered"]
-
-
-class NotifyConfig(_Strict):
-    urls: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9+.-]*://.+")]] = Field(min_length=1)
-    on: list[NotifyEvent] = Field(default_factory=_default_notify_on)
-    repeat_seconds: Annotated[float, Field(ge=0)] = 3600
-    stuck_after_seconds: Annotated[float, Field(gt=0)] = 900
-
-
-class FleetConfig(_Strict):
-    """``[fleet]``: how a rollout wave is judged done (agent/fleet.py). ``sample``: the
-    successes a wave of named hosts needs before the next wave goes (all of them when it
-    names fewer); ``"all"``: every named host (the strict gate). A wave's min_hosts wins; a
-    failure from any host of an earlier wave always halts."""
-
-    sample: Annotated[int, Field(ge=1, le=100000)] | Literal["all"] = 10
-
-
-class EngineConfig(_Strict):
+class EngineConfig(Strict):
     """``[engine]``: what runs the services. ``compose`` (one host, ``docker compose``) or
     ``swarm`` (a Docker Swarm cluster: the stack is ``[compose] project_name``, deployed
     from ``[compose] files`` with ``docker stack deploy``; the agent runs on a manager)."""
@@ -461,7 +214,7 @@ class EngineConfig(_Strict):
     kind: Literal["compose", "swarm"] = "compose"
 
 
-class AgentConfig(_Strict):
+class AgentConfig(Strict):
     source: SourceConfig
     compose: ComposeConfig
     engine: EngineConfig = EngineConfig()

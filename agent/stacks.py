@@ -35,12 +35,11 @@ import structlog
 from agent.config import (
     AgentConfig,
     AgentSection,
-    MetricsConfig,
-    WebhookConfig,
     parse_config,
     read_toml,
     resolve_project_dir,
 )
+from agent.config_report import MetricsConfig, WebhookConfig
 from agent.errors import AgentError, ConfigError, DesiredStateError
 from agent.ports import Fetched, GateAnswer, GateQuestion
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.config import ComposeAllow
+from agent.config_allow import ComposeAllow
 from agent.errors import InvalidInput, UntrustedRevision
 from agent.policy import (
     check_host_policy,
