@@ -67,7 +67,7 @@ def check_config(path: Path) -> list[str]:
 def _check_stacks(data: dict[str, Any], path: Path) -> list[str]:
     """A config of [[stack]] tables: the schema of the whole file, the agent's own files,
     then each stack's source, trust and compose files, at ``stack.<name>.``."""
-    from agent.stacks import parse_agent_file
+    from agent.stacks_config import parse_agent_file
 
     problems: list[str] = []
     try:

@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
             from agent.bump_cli import cmd_bump
 
             return cmd_bump(args)
-        from agent.stacks import load_agent_file
+        from agent.stacks_config import load_agent_file
 
         file = load_agent_file(config_path(args))
         specs = file.select(args.stack)

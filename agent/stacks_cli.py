@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from agent.config import AgentConfig
 from agent.errors import ConfigError
-from agent.stacks import AgentFile, StackSet, StackSpec
+from agent.stacks import StackSet
+from agent.stacks_config import AgentFile, StackSpec
 
 if TYPE_CHECKING:
     from agent.reconcile import Reconciler

@@ -23,8 +23,8 @@ from agent.stacks import (
     StackRun,
     StackSet,
     StackSource,
-    parse_agent_file,
 )
+from agent.stacks_config import parse_agent_file
 
 
 def stacks_config(tmp_path: Path, **extra: Any) -> dict[str, Any]:
