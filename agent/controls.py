@@ -8,7 +8,7 @@
   :class:`WindowGate` makes a new revision wait (outcome ``waiting``). A failed revision
   converging back on the known-good digests, and ``sync --force``, are never delayed.
 * **Rollback** returns to a recorded release (``state.releases``) through
-  :meth:`Reconciler.run_rollback`: no source, the registry only for images no longer local;
+  :func:`agent.rollback.run_rollback`: no source, the registry only for images no longer local;
   on success the host is frozen with reason ``rollback to <rev> by <user>`` and the revision
   rolled back from is marked failed. While the daemon holds the state lock, ``rollback``
   leaves a request in ``state_dir`` and sends the daemon SIGHUP; the daemon performs it at
@@ -44,6 +44,7 @@ from agent.errors import (
 from agent.outcomes import PassResult
 from agent.ports import Gate, GateAnswer, GateQuestion
 from agent.reconcile import Reconciler
+from agent.rollback import run_rollback
 from agent.state import (
     LOCK_FILE,
     AgentState,
@@ -225,7 +226,7 @@ def perform_rollback(rec: Reconciler, to: str | None, user: str) -> RollbackRepo
     if pulled:
         log.warning("agent.rollback.pulling", images=pulled,
                     message="images of the rollback target are no longer local: pulling")
-    result: PassResult = rec.run_rollback(target.revision, target.digests, target.orders)
+    result: PassResult = run_rollback(rec, target.revision, target.digests, target.orders)
     report = RollbackReport(
         target=target.revision, target_at=target.at.isoformat(), rolled_from=rolled_from,
         outcome=result.outcome, reason=result.reason, exit_code=result.exit_code,

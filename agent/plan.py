@@ -5,7 +5,7 @@ changes) and a :class:`Release` (the plan plus where to roll back to and in whic
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.desired import DesiredState, UpdateOrder
 from agent.state import Change, ImageDigest, InFlight
@@ -67,6 +67,8 @@ class Plan:
     # of the changes, the services whose digest stays and whose compose configuration
     # changed (compose.from_repo: a new revision of the compose files)
     config_changed: list[str] = field(default_factory=list)
+    # per service, the configuration hash its containers must carry (compose.from_repo)
+    hashes: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed_services(self) -> list[str]:
@@ -120,7 +122,18 @@ def make_plan(
         elif name not in known_good or known_good[name].digest != want.digest:
             unverified.append(name)
     return Plan(revision=revision, target=dict(target), changes=changes, unverified=unverified,
-                config_changed=config_changed)
+                config_changed=config_changed, hashes=dict(hashes or {}))
+
+
+def explain(plan: Plan, reasons: Mapping[str, list[str]]) -> Plan:
+    """The changes of services whose configuration changes say why (the files that
+    change, the compose keys)."""
+    if not reasons:
+        return plan
+    return replace(plan, changes=[
+        c.model_copy(update={"because": reasons[c.service]})
+        if c.service in plan.config_changed and c.service in reasons else c
+        for c in plan.changes])
 
 
 def previous_digests(

@@ -19,13 +19,11 @@ from agent.plan import (
     ObservedContainer,
     Plan,
     effective_target,
-    make_plan,
     running_config_hash,
     running_digest,
 )
 from agent.ports import Fetched
 from agent.reconcile import DESIRED_CACHE, Loaded, Reconciler
-from agent.staging import StagedStack
 from agent.state import AgentState, Change, StateLock
 
 
@@ -159,7 +157,7 @@ def status(rec: Reconciler) -> StatusView:
         last_applied=dump["last_applied"],
         in_flight=dump["in_flight"],
         failed_revisions=list(state.failed_revisions),
-        files_revision=rec.stack.current().revision if rec.stack else None,
+        files_revision=rec.files.journal.current().revision if rec.files else None,
         wave=_wave(rec, desired),
         rolled_back=_rolled_back(state, fetched.revision if fetched else None),
         engine_problem=engine_problem,
@@ -220,8 +218,9 @@ def diff(rec: Reconciler) -> DiffView:
             raise
     assert fetched is not None
     state: AgentState = rec.store.load()
-    stack = stack_for(rec, fetched, state) if origin == "fetched" else None
-    loaded = rec.load_desired(fetched, stack)
+    # a cached desired state is validated against project_dir's files as they are
+    loaded = rec.load_desired(state, fetched, files=origin == "fetched")
+    stack = loaded.stack
     observed = observe_all(rec)
     plan = plan_for(rec, loaded, observed, state)
     config = config_keys_changed(rec, loaded, plan.config_changed) if stack else {}
@@ -251,7 +250,7 @@ def cached_desired(rec: Reconciler) -> Fetched | None:
 
 def fetch_desired(rec: Reconciler) -> Fetched:
     """Fetch the desired state afresh (writes the source's own cache: hold the lock)."""
-    return rec._fetch(rec.store.load())
+    return rec.fetch(rec.store.load())
 
 
 def observe_all(rec: Reconciler) -> dict[str, list[ObservedContainer]]:
@@ -262,14 +261,7 @@ def plan_for(rec: Reconciler, loaded: Loaded,
              observed: Mapping[str, Sequence[ObservedContainer]], state: AgentState) -> Plan:
     failed = loaded.revision in state.failed_revisions
     target = effective_target(loaded.desired, state.known_good, failed)
-    return make_plan(loaded.revision, target, observed, state.known_good,
-                     rec._config_hashes(loaded, target))
-
-
-def stack_for(rec: Reconciler, fetched: Fetched, state: AgentState) -> StagedStack | None:
-    """compose.from_repo: the revision's files, staged (under state_dir) when they
-    differ from project_dir's; project_dir is not touched. Hold the lock."""
-    return rec._stack_files(state, fetched, force=False)
+    return rec.plan(loaded.stack, loaded.revision, target, observed, state)
 
 
 def running_config(rec: Reconciler, observed: Mapping[str, Sequence[ObservedContainer]]
@@ -284,8 +276,8 @@ def running_config(rec: Reconciler, observed: Mapping[str, Sequence[ObservedCont
         live = [c for c in cs if c.digest == d and d is not None]
         if live and "@" in live[0].image_ref:
             pinned[s] = f"{live[0].image_ref.split('@', 1)[0]}@{d}"
-    hashes = rec._files_compose().config_hashes(
-        pinned, rec._project_labels() if rec.stack is not None else None)
+    hashes = rec.project_compose().config_hashes(
+        pinned, rec.files.labels() if rec.files is not None else None)
     out: dict[str, bool | None] = {}
     for s, cs in observed.items():
         have = running_config_hash(cs)
@@ -300,7 +292,7 @@ def config_keys_changed(rec: Reconciler, loaded: Loaded,
     the git files it reads whose content changes (first)."""
     if loaded.stack is not None and loaded.stack.reasons:
         return {s: loaded.stack.reasons.get(s) or ["?"] for s in services}
-    now = rec._files_compose().services()
+    now = rec.project_compose().services()
     out = {}
     for s in services:
         a, b = now.get(s) or {}, loaded.compose_services.get(s) or {}

@@ -10,11 +10,12 @@ image a container uses)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
 from agent.errors import ImageRemovalRefused
-from agent.plan import repository_of
+from agent.plan import Release, repository_of
 from agent.ports import Engine
 from agent.state import AgentState
 
@@ -86,3 +87,31 @@ def targets_on_disk(engine: Engine, state: AgentState) -> list[dict[str, object]
             out.append({"revision": rel.revision, "at": rel.at.isoformat(),
                         "digests": dict(digests)})
     return out
+
+
+class Retention:
+    """Retention as a release hook (:class:`agent.hooks.ReleaseHook`): after a release
+    that ends healthy, prune; every other phase is nothing to it."""
+
+    def __init__(self, engine: Engine, keep: int) -> None:
+        self.engine, self.keep = engine, keep
+
+    def validated(self, revision: str, *, failed: bool) -> None:
+        return None
+
+    def hashes(self, staged: object, target: object) -> None:
+        return None
+
+    def labels(self) -> None:
+        return None
+
+    def before_apply(self, staged: object) -> bool:
+        return False
+
+    def applied(self, state: AgentState, staged: object, services: Mapping[str, Any],
+                observed: object, release: Release | None) -> None:
+        if release is not None:  # an idle pass found the target running: nothing new
+            prune_best_effort(self.engine, state, self.keep)
+
+    def undo(self, release: Release) -> None:
+        return None
