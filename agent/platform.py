@@ -1,21 +1,27 @@
 """Compose as a platform (:class:`agent.strategies.Platform`): the touched services grouped
 by update order, each group through its strategy, and the health wait on the engine's
-containers. Swarm's platform is :class:`agent.swarm.SwarmPlatform`."""
+containers. Its strategies act on single containers, so it holds a
+:class:`agent.strategies.ContainerToolkit` (the engine a :class:`agent.ports.ContainerEngine`);
+Swarm's platform is :class:`agent.swarm.SwarmPlatform`."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from agent import health
 from agent.plan import ObservedContainer, Release
 from agent.state import ImageDigest
-from agent.strategies import Toolkit, UpdateStrategy, strategy_for
+from agent.strategies import ContainerToolkit, Toolkit, UpdateStrategy, strategy_for
 
-__all__ = ["ComposePlatform", "wait_healthy"]
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+
+__all__ = ["ComposePlatform", "compose_platform", "wait_healthy"]
 
 
 class ComposePlatform:
-    def __init__(self, kit: Toolkit, *, timeout: float, settle: float) -> None:
+    def __init__(self, kit: ContainerToolkit, *, timeout: float, settle: float) -> None:
         self.kit, self.timeout, self.settle = kit, timeout, settle
 
     def strategies(self, release: Release,
@@ -32,10 +38,18 @@ class ComposePlatform:
                             timeout=self.timeout, settle=self.settle)
 
 
+def compose_platform(cfg: AgentConfig, kit: Toolkit) -> ComposePlatform:
+    """``[engine] kind = "compose"``: compose's platform on ``kit``'s engine, which must
+    have container operations (TypeError for Swarm's: see strategies.container_engine)."""
+    return ComposePlatform(ContainerToolkit.of(kit), timeout=cfg.agent.health_timeout_seconds,
+                           settle=cfg.agent.settle_seconds)
+
+
 def wait_healthy(kit: Toolkit, services: Sequence[str], target: Mapping[str, ImageDigest],
                  hashes: Mapping[str, str] | None = None, *, timeout: float,
                  settle: float) -> str | None:
-    """Every service's containers at its target digest healthy (None), else why not."""
+    """Every service's containers at its target digest healthy (None), else why not. Reads
+    only what every engine offers (``observe``)."""
     def observe() -> dict[str, list[ObservedContainer]]:
         seen = kit.engine.observe(kit.project, set(services), detail=True)
         if not hashes:

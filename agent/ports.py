@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from agent.desired import Wave
 from agent.plan import ObservedContainer
@@ -47,7 +47,10 @@ class LocalImage:
 
 
 class Engine(Protocol):
-    """The Docker engine: containers of a project, images by digest."""
+    """What every platform's engine offers (compose's Docker engine and a Swarm manager):
+    what runs of a project, images by digest (``has_image``/``pull``: a Swarm manager asks
+    the registry, its nodes pull), the local image store retention prunes, and whether the
+    engine answers. Container operations are :class:`ContainerEngine`'s."""
 
     def observe(
         self, project: str, services: Collection[str] | None = None, *, detail: bool = False
@@ -56,6 +59,27 @@ class Engine(Protocol):
     def has_image(self, image: str, digest: str) -> bool: ...
 
     def pull(self, image: str, digest: str, auth: dict[str, str] | None = None) -> None: ...
+
+    def local_images(self, repository: str) -> list[LocalImage]:
+        """Images in the store referenced by ``repository`` (tag or digest)."""
+        ...
+
+    def remove_reference(self, reference: str) -> None:
+        """Remove one reference (``repo@digest`` or ``repo:tag``), never forced; the engine
+        deletes the image with its last reference, and refuses one a container uses."""
+        ...
+
+    def answers(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ContainerEngine(Engine, Protocol):
+    """The compose platform's engine: :class:`Engine` and the operations on single
+    containers that only compose's strategies (start-first's rotation by name) and
+    ``compose.from_repo``'s removal of dropped services use. A Swarm engine has none of
+    them (Swarm replaces its tasks itself)."""
 
     def stop_and_remove(self, container_id: str) -> None: ...
 
@@ -70,19 +94,6 @@ class Engine(Protocol):
         """Make ``alias`` resolve, or not, to the container on its networks (other aliases
         kept). Idempotent; returns whether anything changed."""
         ...
-
-    def local_images(self, repository: str) -> list[LocalImage]:
-        """Images in the store referenced by ``repository`` (tag or digest)."""
-        ...
-
-    def remove_reference(self, reference: str) -> None:
-        """Remove one reference (``repo@digest`` or ``repo:tag``), never forced; the engine
-        deletes the image with its last reference, and refuses one a container uses."""
-        ...
-
-    def answers(self) -> bool: ...
-
-    def close(self) -> None: ...
 
 
 class ComposeProject(Protocol):

@@ -11,7 +11,10 @@
   half-way), undo falls back to recreating the previous digest.
 
 Nothing outside this module knows how either order works. A strategy talks to the engine
-and compose through :class:`Toolkit`; it raises the edges' typed errors unchanged.
+and compose through a :class:`Toolkit`; it raises the edges' typed errors unchanged. Both
+orders work on single containers, so they take a :class:`ContainerToolkit` (its engine a
+:class:`agent.ports.ContainerEngine`); Swarm's strategy (:mod:`agent.swarm`) gets the plain
+:class:`Toolkit`, whose engine offers no container operation at all.
 """
 
 from __future__ import annotations
@@ -26,15 +29,25 @@ import structlog
 from agent.desired import UpdateOrder
 from agent.failpoints import failpoint
 from agent.plan import ObservedContainer, Release
-from agent.ports import ComposeProject, Engine
+from agent.ports import ComposeProject, ContainerEngine, Engine
 from agent.state import Change, ImageDigest
 
 log = structlog.get_logger()
 
 
+def container_engine(engine: Engine) -> ContainerEngine:
+    """``engine`` as the compose platform's engine (with container operations); TypeError
+    for one without them (Swarm's), which nothing on the compose path may be handed."""
+    if not isinstance(engine, ContainerEngine):
+        raise TypeError(f"{type(engine).__name__} has no container operations: the compose "
+                        "platform needs a container engine ([engine] kind = \"compose\")")
+    return engine
+
+
 @dataclass(frozen=True)
 class Toolkit:
-    """What a strategy may use: the engine, compose, and the pass's own pull and pin."""
+    """What a strategy may use on any platform: the engine (:class:`agent.ports.Engine`,
+    no container operations), compose, and the pass's own pull and sleep."""
 
     engine: Engine
     compose: ComposeProject
@@ -47,7 +60,24 @@ class Toolkit:
         return self.engine.observe(self.project, set(services))
 
 
+@dataclass(frozen=True)
+class ContainerToolkit(Toolkit):
+    """The compose platform's toolkit: the engine with container operations."""
+
+    engine: ContainerEngine
+
+    @classmethod
+    def of(cls, kit: Toolkit) -> ContainerToolkit:
+        """``kit`` on a container engine (TypeError for Swarm's, see container_engine)."""
+        if isinstance(kit, ContainerToolkit):
+            return kit
+        return cls(container_engine(kit.engine), kit.compose, kit.project,
+                   kit.handover_seconds, kit.pull, kit.sleep)
+
+
 class UpdateStrategy:
+    """How a group of services changes on a platform; reads and acts through ``kit``."""
+
     order: ClassVar[UpdateOrder]
 
     def __init__(self, kit: Toolkit) -> None:
@@ -65,7 +95,17 @@ class UpdateStrategy:
         """The release is healthy: finish what ``apply`` left for afterwards."""
 
 
-class StopFirst(UpdateStrategy):
+class ContainerStrategy(UpdateStrategy):
+    """A compose update order: acts on the project's containers (a container engine)."""
+
+    kit: ContainerToolkit
+
+    def __init__(self, kit: ContainerToolkit) -> None:
+        super().__init__(kit)
+        self.kit = kit
+
+
+class StopFirst(ContainerStrategy):
     order = "stop-first"
 
     def apply(self, services: Sequence[str], release: Release) -> None:
@@ -76,7 +116,7 @@ class StopFirst(UpdateStrategy):
         return recreate_previous(self.kit, services, release)
 
 
-class StartFirst(UpdateStrategy):
+class StartFirst(ContainerStrategy):
     """Start-first, with rotation by name: a container is reachable under its service's
     name on the project's networks (Docker's DNS, what a DNS-only proxy follows) only while
     it should take traffic.
@@ -185,13 +225,13 @@ class StartFirst(UpdateStrategy):
             self.kit.engine.ensure_connected(c.container_id, self.kit.project, nets, alias)
 
 
-STRATEGIES: dict[UpdateOrder, type[UpdateStrategy]] = {
+STRATEGIES: dict[UpdateOrder, type[ContainerStrategy]] = {
     "stop-first": StopFirst,
     "start-first": StartFirst,
 }
 
 
-def strategy_for(order: UpdateOrder, kit: Toolkit) -> UpdateStrategy:
+def strategy_for(order: UpdateOrder, kit: ContainerToolkit) -> ContainerStrategy:
     return STRATEGIES[order](kit)
 
 
@@ -240,3 +280,10 @@ class Platform(Protocol):
     def verify(self, services: Sequence[str], release: Release) -> str | None:
         """None when every service runs healthy at its target, else why not."""
         ...
+
+    def wait_healthy(self, services: Sequence[str], target: Mapping[str, ImageDigest],
+                     hashes: Mapping[str, str] | None = None) -> str | None:
+        """A rollback's check: ``services`` (the ones the strategies restored) run healthy
+        at ``target`` (None), else why not."""
+        ...
+

@@ -10,6 +10,9 @@ reads it: success only when the update completed and the running tasks are the n
 :class:`SwarmUpdate` is the strategy the pass uses for every service of a stack: apply
 deploys (``SwarmStack.up``), verify polls the verdict, undo checks Swarm's own rollback
 (``failure_action: rollback``) or deploys the known-good pins itself (``pause``/``continue``).
+It works through the plain :class:`agent.strategies.Toolkit`: its engine is an
+:class:`agent.ports.Engine`, which has no container operation, so nothing here can stop,
+start or re-alias a container (Swarm replaces its tasks itself) — mypy holds it to that.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import structlog
 
+from agent import health
 from agent.errors import Unhealthy
 from agent.health import Verdict
-from agent.plan import Release
+from agent.plan import ObservedContainer, Release
+from agent.state import ImageDigest
 from agent.strategies import Toolkit, UpdateStrategy
 
 if TYPE_CHECKING:
@@ -120,6 +125,7 @@ def swarm_verdict(
                            + (f", {len(others)} at another digest" if others else ""))
 
 
+@runtime_checkable
 class SwarmView(Protocol):
     """What the strategy reads from the engine (``agent.edges.swarm.SwarmEngine``)."""
 
@@ -236,17 +242,18 @@ def swarm_update(cfg: AgentConfig, kit: Toolkit) -> SwarmUpdate | None:
     if cfg.engine.kind != "swarm":
         return None
     view = kit.engine
-    if not hasattr(view, "swarm_services"):
+    if not isinstance(view, SwarmView):
         raise TypeError("[engine] kind = \"swarm\" needs an engine that reads Swarm services")
-    return SwarmUpdate(kit, cast(SwarmView, view), cfg.agent.health_timeout_seconds)
+    return SwarmUpdate(kit, view, cfg.agent.health_timeout_seconds)
 
 
 class SwarmPlatform:
     """Swarm as a platform (:class:`agent.strategies.Platform`): one stack deploy for every
     touched service, verified by Swarm's own task states."""
 
-    def __init__(self, update: SwarmUpdate) -> None:
+    def __init__(self, update: SwarmUpdate, *, settle: float = 0.0) -> None:
         self.update = update
+        self.settle = settle
 
     def strategies(self, release: Release,
                    services: Sequence[str]) -> list[tuple[UpdateStrategy, list[str]]]:
@@ -255,8 +262,23 @@ class SwarmPlatform:
     def verify(self, services: Sequence[str], release: Release) -> str | None:
         return self.update.verify(services, release)
 
+    def wait_healthy(self, services: Sequence[str], target: Mapping[str, ImageDigest],
+                     hashes: Mapping[str, str] | None = None) -> str | None:
+        """After an undo: the restored services' running tasks healthy at ``target`` (the
+        engine's ``observe``, as the health wait reads containers). ``hashes`` is
+        compose.from_repo's, which a stack never has."""
+        kit = self.update.kit
+
+        def observe() -> dict[str, list[ObservedContainer]]:
+            return kit.engine.observe(kit.project, set(services), detail=True)
+
+        return health.wait_healthy(observe=observe, services=services,
+                                   digests={s: target[s].digest for s in services},
+                                   timeout=self.update.timeout, settle=self.settle)
+
 
 def swarm_platform(cfg: AgentConfig, kit: Toolkit) -> SwarmPlatform | None:
     """``[engine] kind = "swarm"``: Swarm's platform (None for compose)."""
     update = swarm_update(cfg, kit)
-    return SwarmPlatform(update) if update is not None else None
+    return (SwarmPlatform(update, settle=cfg.agent.settle_seconds) if update is not None
+            else None)

@@ -117,9 +117,11 @@ class Container:
 
 
 @dataclass
-class FakeEngine:
-    """A Docker engine with a registry behind it. ``registry`` maps image@digest to how a
-    container of it behaves; ``local`` holds what has been pulled."""
+class FakeBaseEngine:
+    """What every platform's engine offers (``agent.ports.Engine``) with a registry behind
+    it: ``registry`` maps image@digest to how a container of it behaves; ``local`` holds
+    what has been pulled; ``containers`` what ``observe`` reports (a Swarm fake: the running
+    tasks). No container operation: nothing can stop, start or re-alias one through it."""
 
     registry: dict[str, str] = field(default_factory=dict)
     local: set[str] = field(default_factory=set)
@@ -128,12 +130,10 @@ class FakeEngine:
     registry_down: int = 0  # the next N pulls fail as transient
     denied: set[str] = field(default_factory=set)  # registries refusing our credentials
     pulls: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     lose_engine_on_detail: bool = False  # the engine goes away during the health wait
     kill_on: str | None = None  # raise Killed when this call is made
     images_removed: list[str] = field(default_factory=list)  # repo@digest, by retention
-    _seq: int = 0
 
     def publish(self, image: str, digest: str, behaviour: str = HEALTHY) -> None:
         self.registry[f"{image}@{digest}"] = behaviour
@@ -179,6 +179,48 @@ class FakeEngine:
             raise ImageNotFound(f"registry {registry} has no manifest {ref}: manifest unknown")
         self.local.add(ref)
 
+    def resolve(self, name: str) -> set[str]:
+        """What Docker's DNS answers for ``name`` on the project's network: the running
+        containers carrying it as an alias."""
+        return {c.id for c in self.containers.values()
+                if c.status == "running" and any(name in a for a in c.aliases.values())}
+
+    def local_images(self, repository: str) -> list[LocalImage]:
+        self._check("local_images")
+        out = []
+        for ref in sorted(self.local):
+            repo, digest = ref.split("@", 1)
+            if repo == repository:
+                out.append(LocalImage(
+                    id=image_id_of(ref), digests=(digest,), references=(ref,),
+                    in_use=any(c.image == ref for c in self.containers.values())))
+        return out
+
+    def remove_reference(self, reference: str) -> None:
+        self._check("remove_reference")
+        if reference not in self.local:
+            return
+        if any(c.image == reference for c in self.containers.values()):
+            raise ImageRemovalRefused(f"{reference} is used by a container (fake)")
+        self.local.discard(reference)
+        self.images_removed.append(reference)
+
+    def answers(self) -> bool:
+        return not self.down
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeEngine(FakeBaseEngine):
+    """The compose platform's Docker engine (``agent.ports.ContainerEngine``): the base
+    fake plus the operations on single containers, and what FakeCompose creates."""
+
+    removed: list[str] = field(default_factory=list)  # containers stop_and_remove took
+    _seq: int = 0
+
+    # ---- agent.ports.ContainerEngine
     def stop_and_remove(self, container_id: str) -> None:
         self._check("stop_and_remove")
         self.containers.pop(container_id, None)
@@ -223,38 +265,6 @@ class FakeEngine:
                                   *([alias] if alias else [])]
                 done.append(key)
         return done
-
-    def resolve(self, name: str) -> set[str]:
-        """What Docker's DNS answers for ``name`` on the project's network: the running
-        containers carrying it as an alias."""
-        return {c.id for c in self.containers.values()
-                if c.status == "running" and any(name in a for a in c.aliases.values())}
-
-    def local_images(self, repository: str) -> list[LocalImage]:
-        self._check("local_images")
-        out = []
-        for ref in sorted(self.local):
-            repo, digest = ref.split("@", 1)
-            if repo == repository:
-                out.append(LocalImage(
-                    id=image_id_of(ref), digests=(digest,), references=(ref,),
-                    in_use=any(c.image == ref for c in self.containers.values())))
-        return out
-
-    def remove_reference(self, reference: str) -> None:
-        self._check("remove_reference")
-        if reference not in self.local:
-            return
-        if any(c.image == reference for c in self.containers.values()):
-            raise ImageRemovalRefused(f"{reference} is used by a container (fake)")
-        self.local.discard(reference)
-        self.images_removed.append(reference)
-
-    def answers(self) -> bool:
-        return not self.down
-
-    def close(self) -> None:
-        pass
 
     # ---- for FakeCompose
     def create(self, service: str, image: str,

@@ -6,7 +6,7 @@ import os
 import re
 import threading
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import docker
@@ -126,6 +126,18 @@ def _socket_denied(what: str) -> LocalPermissionDenied:
     )
 
 
+@contextmanager
+def api_errors(what: str) -> Iterator[None]:
+    """An engine API call that could not reach the engine: DockerUnavailable, or
+    LocalPermissionDenied for the socket's permissions."""
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+        if _permission_denied(e):
+            raise _socket_denied(what) from None
+        raise DockerUnavailable(f"Docker engine not reachable during {what}: {e}") from None
+
+
 _EXITED_RE = re.compile(r"^Exited \((-?\d+)\)")
 
 
@@ -155,8 +167,11 @@ def _from_summary(service: str, summary: dict[str, Any]) -> ObservedContainer:
 
 
 class DockerEngine:
-    """Thin wrapper over the docker SDK. One API client, safe to share between threads for
-    the read-only calls the agent makes concurrently (pulls)."""
+    """Thin wrapper over the docker SDK, the compose platform's engine
+    (:class:`agent.ports.ContainerEngine`: images and the project's containers). One API
+    client, safe to share between threads for the read-only calls the agent makes
+    concurrently (pulls). Swarm's engine (:class:`agent.edges.swarm.SwarmEngine`) holds one
+    for the client and the local image store, and offers none of its container operations."""
 
     def __init__(
         self,
@@ -186,14 +201,8 @@ class DockerEngine:
                         raise DockerUnavailable(f"Docker engine not reachable: {e}") from None
         return self._client
 
-    @contextmanager
-    def _api(self, what: str) -> Iterator[None]:
-        try:
-            yield
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-            if _permission_denied(e):
-                raise _socket_denied(what) from None
-            raise DockerUnavailable(f"Docker engine not reachable during {what}: {e}") from None
+    def _api(self, what: str) -> AbstractContextManager[None]:
+        return api_errors(what)
 
     def close(self) -> None:
         if self._client is not None:

@@ -11,20 +11,23 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Collection, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import docker
 import docker.errors
 import requests.exceptions
 import structlog
 
 from agent.desired import registry_of
 from agent.edges.compose import Compose
-from agent.edges.docker import DockerEngine, classify_pull_error, split_ref
+from agent.edges.docker import DockerEngine, api_errors, classify_pull_error, split_ref
 from agent.errors import ComposeError, ComposeMissing, DockerUnavailable, NotSwarmManager
 from agent.log import redact_text
 from agent.plan import ObservedContainer
+from agent.ports import LocalImage
 from agent.swarm import SwarmService, SwarmTask
 
 log = structlog.get_logger()
@@ -76,9 +79,38 @@ def _observed(service: str, raw: dict[str, Any], has_healthcheck: bool) -> Obser
     )
 
 
-class SwarmEngine(DockerEngine):
-    """The engine as a Swarm manager sees it: services of a stack instead of containers of a
-    project, and a registry manifest request instead of a local pull (the nodes pull)."""
+class SwarmEngine:
+    """The engine as a Swarm manager sees it (:class:`agent.ports.Engine`, never a
+    :class:`agent.ports.ContainerEngine`): services of a stack instead of containers of a
+    project, and a registry manifest request instead of a local pull (the nodes pull). It
+    holds a :class:`DockerEngine` for the API client and the manager's local image store
+    (retention), and offers no container operation: Swarm replaces its tasks itself."""
+
+    def __init__(self, client: docker.DockerClient | None = None, timeout: float = 120,
+                 *, docker_engine: DockerEngine | None = None) -> None:
+        self.docker = docker_engine or DockerEngine(client, timeout)
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return self.docker.client
+
+    @staticmethod
+    def _api(what: str) -> AbstractContextManager[None]:
+        return api_errors(what)
+
+    def close(self) -> None:
+        self.docker.close()
+
+    def answers(self) -> bool:
+        """The engine answers a ping (after an error: was it the engine or the registry?)."""
+        return self.docker.answers()
+
+    # the manager's own image store, as retention prunes it
+    def local_images(self, repository: str) -> list[LocalImage]:
+        return self.docker.local_images(repository)
+
+    def remove_reference(self, reference: str) -> None:
+        self.docker.remove_reference(reference)
 
     def require_manager(self) -> None:
         """Refuse to act anywhere but on a manager node (NotSwarmManager, exit 4)."""
@@ -172,12 +204,6 @@ class SwarmEngine(DockerEngine):
         if got != digest:
             raise classify_pull_error(registry, ref, f"manifest unknown: registry answered {got}")
         log.info("agent.swarm.manifest_found", image=image, digest=digest)
-
-    def stop_and_remove(self, container_id: str) -> None:
-        raise NotImplementedError("Swarm replaces tasks itself")
-
-    def start_container(self, container_id: str) -> None:
-        raise NotImplementedError("Swarm starts tasks itself")
 
 
 def docker_command() -> str:
