@@ -16,6 +16,10 @@ that time was computed. So the due times live in :class:`MonotonicSchedule`; whe
 the main loop submits the pass as a job due since :data:`DUE_LONG_AGO`, which APScheduler
 runs at once whatever the wall clock says (``misfire_grace_time=None``).
 
+The clock (``agent.timefmt.Clock``: ``monotonic()`` and ``wait(event, timeout)``) is handed
+in: the real one by default, a virtual one in the unit tests, whose time moves only when the
+test moves it -- the schedule, the jitter and the watchdog are proven without real waits.
+
 Watchdog. ``WATCHDOG=1`` is sent only while passes keep completing: if none has completed
 for :meth:`Daemon.liveness_bound` seconds (a pass hung, the scheduler died, submitted passes
 never start), the agent stops feeding the watchdog and systemd restarts it.
@@ -28,8 +32,6 @@ import math
 import random
 import signal
 import threading
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from types import FrameType
 
@@ -42,6 +44,7 @@ from agent.outcomes import PassResult
 from agent.reconcile import Reconciler
 from agent.stacks import AgentFile
 from agent.state import StateLock, StateStore
+from agent.timefmt import SYSTEM_CLOCK, Clock
 
 log = structlog.get_logger()
 
@@ -56,8 +59,6 @@ LIVENESS_SLACK_SECONDS = 600.0
 # How long the main loop may sleep at most (it also wakes for signals, due passes and the
 # watchdog): bounds how late a stopped scheduler or a hung pass is noticed.
 MAX_SLEEP_SECONDS = 30.0
-
-Clock = Callable[[], float]
 
 
 class MonotonicSchedule:
@@ -91,10 +92,10 @@ class MonotonicSchedule:
 class Daemon:
     """``cfg``: a one-stack config, or the whole config file (``[[stack]]`` tables: every
     stack's pass each round, agent/stacks.py). ``reconciler``: the one stack's pass, built
-    elsewhere (tests)."""
+    elsewhere (tests). ``clock``: what the schedule and the watchdog read and wait on."""
 
     def __init__(self, cfg: AgentConfig | AgentFile, reconciler: Reconciler | None = None,
-                 notifier: Notifier | None = None, monotonic: Clock = time.monotonic) -> None:
+                 notifier: Notifier | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
         from agent.stacks import StackRun, StackSet, single
 
         file = cfg if isinstance(cfg, AgentFile) else single(cfg)
@@ -110,13 +111,13 @@ class Daemon:
         self.stacks = stacks
         self.reconciler = stacks.runs[0].rec  # the first stack's (one-stack tests read it)
         self.notifier = notifier or Notifier()
-        self.monotonic = monotonic
+        self.clock = clock
         self.scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self._pass_lock = threading.Lock()
         self._pass_started: float | None = None
-        self._started = monotonic()
+        self._started = clock.monotonic()
         self._last_completed: float | None = None
         self._withholding = False
         self._hup_pending = threading.Event()
@@ -143,7 +144,7 @@ class Daemon:
             self._pass_lock.release()
 
     def _one_pass(self) -> None:
-        self._pass_started = self.monotonic()
+        self._pass_started = self.clock.monotonic()
         self.passes += 1
         result: PassResult | str | None = None
         try:
@@ -157,7 +158,7 @@ class Daemon:
         finally:
             self._pass_started = None
             # a crashed pass still completed: the daemon's machinery is alive
-            self._last_completed = self.monotonic()
+            self._last_completed = self.clock.monotonic()
             self.completed += 1
         if isinstance(result, str):
             self.notifier.status(result)
@@ -227,7 +228,7 @@ class Daemon:
     # ------------------------------------------------------------------ main loop
     def run(self) -> int:
         a = self.agent
-        self._started = self.monotonic()
+        self._started = self.clock.monotonic()
         schedule = MonotonicSchedule(a.interval_seconds, a.jitter_seconds, self._started)
         from agent.webhook import start_webhook
 
@@ -244,7 +245,7 @@ class Daemon:
         next_ping = self._started
         try:
             while not self._stop.is_set():
-                now = self.monotonic()
+                now = self.clock.monotonic()
                 if now >= schedule.due:
                     schedule.advance(now)
                     if not self._pass_lock.locked():  # else coalesced into the running one
@@ -258,9 +259,8 @@ class Daemon:
                 until = schedule.due
                 if wd is not None:
                     until = min(until, next_ping)
-                timeout = min(max(until - self.monotonic(), 0.0), MAX_SLEEP_SECONDS)
-                # threading.Event.wait measures its timeout on the monotonic clock
-                self._wake.wait(timeout=timeout)
+                timeout = min(max(until - self.clock.monotonic(), 0.0), MAX_SLEEP_SECONDS)
+                self.clock.wait(self._wake, timeout)
                 self._wake.clear()
         finally:
             if webhook is not None:

@@ -1,25 +1,114 @@
 """The daemon's schedule: jittered passes on the interval grid, SIGHUP passes at once,
-never two passes at the same time. The reconciler is faked: this is about timing."""
+never two passes at the same time, the watchdog fed only while passes complete. The
+reconciler is faked and the daemon's clock is virtual (:class:`VirtualClock`: its time
+moves only when the test moves it), so the real main loop, APScheduler and the notify
+socket are exercised in virtual seconds, at exact times, without real waits."""
 
 from __future__ import annotations
 
+import math
+import random
+import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import apscheduler.schedulers.base as aps_base
+import pytest
+from apscheduler.events import EVENT_JOB_ADDED, EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobEvent
+from structlog.testing import capture_logs
+
+import agent.daemon as daemon_mod
 from agent.config import parse_config
-from agent.daemon import Daemon
+from agent.daemon import MAX_SLEEP_SECONDS, Daemon, MonotonicSchedule
 from agent.edges.systemd import Notifier
 from agent.outcomes import PassResult
+from agent.timefmt import SYSTEM_CLOCK, Clock
+
+REAL_TIMEOUT = 5.0  # how long (real seconds) the test waits for a thread to act
+
+
+def _wait(pred: Callable[[], object], timeout: float = REAL_TIMEOUT) -> None:
+    """Until ``pred()`` holds, in real time (the daemon's threads acting, not time passing)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "the daemon did not act in time"
+        time.sleep(0.001)
+
+
+class VirtualClock:
+    """A :class:`agent.timefmt.Clock` whose time moves only by :meth:`advance` / :meth:`fire`.
+    A wait returns when its event is set (noticed within a millisecond) or when the clock has
+    been moved to or past its deadline."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self._now = start
+        self._cond = threading.Condition()
+        self._waits: list[tuple[float, threading.Event]] = []  # in progress
+
+    def monotonic(self) -> float:
+        with self._cond:
+            return self._now
+
+    def wait(self, event: threading.Event, timeout: float) -> bool:
+        with self._cond:
+            entry = (self._now + timeout, event)
+            self._waits.append(entry)
+            self._cond.notify_all()
+            try:
+                while not event.is_set() and self._now < entry[0]:
+                    self._cond.wait(0.001)
+                return event.is_set()
+            finally:
+                self._waits.remove(entry)
+                self._cond.notify_all()
+
+    def _pending(self) -> list[float]:
+        return [d for d, e in self._waits if d > self._now and not e.is_set()]
+
+    def deadline(self) -> float:
+        """The deadline of the wait in progress (the main loop's), once one is."""
+        with self._cond:
+            assert self._cond.wait_for(self._pending, REAL_TIMEOUT), "no wait began"
+            return min(self._pending())
+
+    def advance(self, seconds: float) -> None:
+        with self._cond:
+            self._now += seconds
+            self._cond.notify_all()
+
+    def fire(self) -> float:
+        """Jump to the deadline of the wait in progress; the new time."""
+        with self._cond:
+            assert self._cond.wait_for(self._pending, REAL_TIMEOUT), "no wait began"
+            self._now = min(self._pending())
+            self._cond.notify_all()
+            return self._now
+
+
+def test_the_system_clock_waits_on_the_monotonic_clock_and_an_event_cuts_it_short():
+    clock: Clock = SYSTEM_CLOCK
+    event = threading.Event()
+    t0 = clock.monotonic()
+    assert clock.wait(event, 0.02) is False
+    assert clock.monotonic() - t0 >= 0.02
+    event.set()
+    t1 = time.monotonic()
+    assert clock.wait(event, 30) is True
+    assert time.monotonic() - t1 < 1
 
 
 class FakeReconciler:
-    def __init__(self, pass_seconds: float = 0.0) -> None:
+    """Passes that complete at once, each recording the daemon's (virtual) time it began."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
         self.started: list[float] = []
         self.running = 0
+        self.ended = 0
         self.max_running = 0
-        self.pass_seconds = pass_seconds
         self._lock = threading.Lock()
 
         class _Src:
@@ -34,96 +123,188 @@ class FakeReconciler:
 
     def run_pass(self, *, force: bool = False) -> PassResult:
         with self._lock:
-            self.started.append(time.monotonic())
+            self.started.append(self.clock.monotonic())
             self.running += 1
             self.max_running = max(self.max_running, self.running)
-        time.sleep(self.pass_seconds)
+        self._body()
         with self._lock:
             self.running -= 1
+            self.ended += 1
         return PassResult("no-op", "a" * 40)
 
+    def _body(self) -> None:
+        pass
 
-def _daemon(tmp_path: Path, interval: float, jitter: float, rec: FakeReconciler) -> Daemon:
-    cfg = parse_config({
+
+class GatedReconciler(FakeReconciler):
+    """Passes complete at once until ``hang`` is set; from then on each pass blocks until
+    the test lets it go (``finish``: a pass that takes as long as the test says, or one stuck
+    on an engine or registry that never answers)."""
+
+    def __init__(self, clock: VirtualClock) -> None:
+        super().__init__(clock)
+        self.hang = threading.Event()
+        self._go = threading.Semaphore(0)
+
+    def _body(self) -> None:
+        if self.hang.is_set():
+            assert self._go.acquire(timeout=REAL_TIMEOUT)
+
+    def finish(self, wait: bool = True) -> None:
+        """Lets the pass in progress end (``wait``: and returns once it has)."""
+        ended = self.ended
+        self._go.release()
+        if wait:
+            _wait(lambda: self.ended > ended)
+
+
+class Harness:
+    """A daemon on its own thread and virtual clock; counts the passes it handed to
+    APScheduler and those APScheduler finished running."""
+
+    def __init__(self, d: Daemon, clock: VirtualClock) -> None:
+        self.d, self.clock = d, clock
+        self.handed = self.done = 0
+        self.control_ids: set[str] = set()
+        d.scheduler.add_listener(self._count, EVENT_JOB_ADDED | EVENT_JOB_EXECUTED
+                                 | EVENT_JOB_ERROR)
+        self.thread = threading.Thread(target=d.run, daemon=True)
+        self.start_time = clock.monotonic()
+        self.thread.start()
+
+    def _count(self, event: JobEvent) -> None:
+        if event.job_id in self.control_ids:
+            return
+        if event.code == EVENT_JOB_ADDED:
+            self.handed += 1
+        else:
+            self.done += 1
+
+    def settle(self) -> None:
+        """Until the main loop waits again and every pass it handed over has run or is
+        running (a pass the test holds): nothing more happens until the clock moves or the
+        test lets a pass go."""
+        self.clock.deadline()  # the loop has handed over all it will until the clock moves
+        rec = self.d.reconciler
+        _wait(lambda: self.handed - self.done == rec.running)  # type: ignore[attr-defined]
+
+    def fire(self) -> float:
+        """Settle, then move the clock to the main loop's next wake-up; returns the new time
+        once the loop has acted on it (and waits again)."""
+        self.settle()
+        now = self.clock.fire()
+        self.clock.deadline()
+        return now
+
+    def stop(self) -> None:
+        self.d.stop()
+        self.thread.join(REAL_TIMEOUT)
+        assert not self.thread.is_alive()
+
+
+def _cfg(tmp_path: Path, interval: float, jitter: float, **agent: object):  # type: ignore[no-untyped-def]
+    return parse_config({
         "source": {"repo": str(tmp_path)},
         "compose": {"project_dir": str(tmp_path)},
         "agent": {"interval_seconds": interval, "jitter_seconds": jitter,
-                  "state_dir": str(tmp_path / "state")},
+                  "state_dir": str(tmp_path / "state"), **agent},
     })
-    return Daemon(cfg, reconciler=rec, notifier=Notifier(""))  # type: ignore[arg-type]
 
 
-def _run(d: Daemon) -> threading.Thread:
-    t = threading.Thread(target=d.run, daemon=True)
-    t.start()
-    return t
+def _daemon(tmp_path: Path, interval: float, jitter: float,
+            rec: FakeReconciler | None = None, notifier: Notifier | None = None) -> Harness:
+    clock = rec.clock if rec is not None else VirtualClock()
+    rec = rec or FakeReconciler(clock)
+    d = Daemon(_cfg(tmp_path, interval, jitter), reconciler=rec,  # type: ignore[arg-type]
+               notifier=notifier or Notifier(""), clock=clock)
+    return Harness(d, clock)
 
 
-def _wait(pred, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+@pytest.fixture(autouse=True)
+def _no_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
 
 
 def test_first_pass_is_delayed_by_jitter_so_a_fleet_restart_spreads(tmp_path):
-    # a fleet of six daemons restarted together (each its own state_dir)
-    fleet = [(rec := FakeReconciler(), _daemon(tmp_path / f"host{i}", interval=3600,
-                                                jitter=0.6, rec=rec)) for i in range(6)]
-    started = []
-    for _rec, d in fleet:
-        started.append((time.monotonic(), _run(d)))
-    for rec, _d in fleet:
-        _wait(lambda rec=rec: rec.started)
-    delays = [rec.started[0] - t0 for (rec, _d), (t0, _t) in zip(fleet, started, strict=True)]
-    for (_rec, d), (_t0, t) in zip(fleet, started, strict=True):
-        d.stop()
-        t.join(5)
-    assert all(0 <= x <= 0.6 + 0.3 for x in delays), delays
-    assert max(delays) - min(delays) > 0.05  # spread, not all at once
+    # a fleet of six daemons restarted together (each its own state_dir and clock)
+    jitter = 20.0
+    assert jitter < MAX_SLEEP_SECONDS  # the first wake-up is the first pass
+    fleet = [_daemon(tmp_path / f"host{i}", interval=3600, jitter=jitter) for i in range(6)]
+    delays = []
+    for h in fleet:
+        h.fire()
+        h.settle()
+        rec = h.d.reconciler
+        assert len(rec.started) == 1  # type: ignore[attr-defined]
+        delays.append(rec.started[0] - h.start_time)  # type: ignore[attr-defined]
+        h.stop()
+    assert all(0 <= x <= jitter for x in delays), delays
+    assert max(delays) - min(delays) > 1.0, delays  # spread, not all at once
+
+
+def test_the_first_pass_waits_for_its_jittered_due_time_and_not_longer(tmp_path):
+    h = _daemon(tmp_path, interval=3600, jitter=20)
+    rec = h.d.reconciler
+    due = h.clock.deadline()
+    assert h.start_time < due <= h.start_time + 20
+    h.clock.advance(due - h.start_time - 0.5)  # just before it: woken, but nothing runs
+    h.settle()
+    assert rec.started == []  # type: ignore[attr-defined]
+    assert h.fire() == due
+    h.settle()
+    assert rec.started == [due]  # type: ignore[attr-defined]
+    h.stop()
+
+
+def test_passes_follow_the_interval_grid(tmp_path):
+    h = _daemon(tmp_path, interval=60, jitter=0)
+    rec = h.d.reconciler
+    while len(rec.started) < 4:  # type: ignore[attr-defined]
+        h.fire()
+    h.settle()
+    h.stop()
+    s = h.start_time
+    assert rec.started == [s, s + 60, s + 120, s + 180]  # type: ignore[attr-defined]
 
 
 def test_sighup_pass_runs_at_once_without_jitter(tmp_path):
-    rec = FakeReconciler()
-    d = _daemon(tmp_path, interval=3600, jitter=0, rec=rec)
-    t = _run(d)
-    _wait(lambda: len(rec.started) == 1)
-    t0 = time.monotonic()
-    d.hup()
-    _wait(lambda: len(rec.started) == 2)
-    assert rec.started[1] - t0 < 1.0
-    d.stop()
-    t.join(5)
+    h = _daemon(tmp_path, interval=3600, jitter=20)
+    rec = h.d.reconciler
+    first = h.fire()
+    h.settle()
+    assert rec.started == [first]  # type: ignore[attr-defined]
+    h.d.hup()  # no time passes: the pass must come without the clock moving
+    h.settle()
+    assert rec.started == [first, first]  # type: ignore[attr-defined]
+    h.stop()
 
 
 def test_passes_never_overlap_and_a_sighup_during_a_pass_runs_after_it(tmp_path):
-    rec = FakeReconciler(pass_seconds=0.25)  # each pass spans two or more grid points
-    d = _daemon(tmp_path, interval=0.1, jitter=0, rec=rec)
-    t = _run(d)
-    _wait(lambda: len(rec.started) == 1)
-    d.hup()
-    _wait(lambda: len(rec.started) >= 3)
-    d.stop()
-    t.join(10)
+    clock = VirtualClock()
+    rec = GatedReconciler(clock)
+    rec.hang.set()  # every pass runs until the test finishes it
+    h = _daemon(tmp_path, interval=1, jitter=0, rec=rec)
+    s = h.start_time
+    _wait(lambda: rec.running == 1)  # pass 1 at s
+    h.d.hup()  # during pass 1: it follows pass 1
+    assert h.fire() == s + 1  # grid points during a pass: coalesced into it
+    assert h.fire() == s + 2
+    rec.finish()  # pass 1 took 2 s: pass 2 (the SIGHUP's) starts at once
+    _wait(lambda: len(rec.started) == 2)
+    assert h.fire() == s + 3
+    rec.finish()  # pass 2 ends at s + 3; the points s + 1, s + 2 and s + 3 never ran
+    h.settle()
+    assert h.fire() == s + 4
+    _wait(lambda: len(rec.started) == 3)
+    rec.finish()
+    h.settle()
+    h.stop()
+    assert rec.started == [s, s + 2, s + 4]
     assert rec.max_running == 1
-    assert not t.is_alive()
 
 
 # ---------------------------------------------------------------- time: monotonic schedule
-import math  # noqa: E402
-import random  # noqa: E402
-import socket  # noqa: E402
-from datetime import datetime, timedelta  # noqa: E402
-
-import apscheduler.schedulers.base as aps_base  # noqa: E402
-import pytest  # noqa: E402
-from apscheduler.triggers.interval import IntervalTrigger  # noqa: E402
-from structlog.testing import capture_logs  # noqa: E402
-
-import agent.daemon as daemon_mod  # noqa: E402
-from agent.daemon import MonotonicSchedule  # noqa: E402
-
-
 class SteppedWallClock(datetime):
     """datetime whose now() can be stepped: what APScheduler and the daemon see as the
     wall clock. The monotonic clock is untouched, as after a real `date -s`/NTP step."""
@@ -139,32 +320,37 @@ def test_a_wall_clock_step_back_by_hours_does_not_delay_the_next_pass(tmp_path, 
     SteppedWallClock.offset = timedelta(0)
     monkeypatch.setattr(aps_base, "datetime", SteppedWallClock)
     monkeypatch.setattr(daemon_mod, "datetime", SteppedWallClock)
-    interval, jitter = 0.4, 0.1
-    rec = FakeReconciler()
-    d = _daemon(tmp_path, interval=interval, jitter=jitter, rec=rec)
-    # the control: APScheduler's own IntervalTrigger on the same scheduler and clock
+    interval, jitter = 60.0, 10.0
+    h = _daemon(tmp_path, interval=interval, jitter=jitter)
+    rec = h.d.reconciler
+    # the control: a wall-clock trigger (APScheduler's own IntervalTrigger) on the same
+    # scheduler and wall clock, which does run
     control: list[float] = []
-    t = _run(d)
-    _wait(lambda: d.scheduler.running)
-    d.scheduler.add_job(lambda: control.append(time.monotonic()),
-                        IntervalTrigger(seconds=interval))
-    _wait(lambda: len(rec.started) >= 2 and len(control) >= 2)
+    h.control_ids.add("control")
+    _wait(lambda: h.d.scheduler.running)
+    job = h.d.scheduler.add_job(lambda: control.append(time.monotonic()), "interval",
+                                seconds=0.02, id="control")
+    while len(rec.started) < 2:  # type: ignore[attr-defined]
+        h.fire()
+    h.settle()
+    _wait(lambda: len(control) >= 1)
 
     SteppedWallClock.offset = timedelta(hours=3)  # the wall clock jumps back 3 hours
-    t_step = time.monotonic()
-    passes_before, control_before = len(rec.started), len(control)
-    # the agent keeps polling: four more passes come (within 2.5 s: 0.5 s a pass at most)
-    _wait(lambda: len(rec.started) - passes_before >= 4, timeout=2.5)
-    d.stop()
-    t.join(5)
+    passes_before = len(rec.started)  # type: ignore[attr-defined]
+    t_step = h.clock.monotonic()
+    while len(rec.started) - passes_before < 4:  # type: ignore[attr-defined]
+        h.fire()
+    h.settle()
+    # ... while the wall-clock trigger on the very same scheduler now waits for hours
+    wall_wait = h.d.scheduler.get_job("control").next_run_time - SteppedWallClock.now(UTC)
+    h.stop()
 
-    after = [s for s in rec.started if s > t_step]
-    # every gap stays within interval + jitter (+ scheduling slack)
-    assert len(rec.started) - passes_before >= 4, rec.started
+    after = rec.started[passes_before:]  # type: ignore[attr-defined]
     gaps = [b - a for a, b in zip([t_step, *after], after, strict=False)]
-    assert max(gaps) <= interval + jitter + 0.3, gaps
-    # ... while a wall-clock trigger on the very same scheduler stalls for 3 hours
-    assert len(control) - control_before <= 1, "the fake wall clock step did not take effect"
+    # every gap (the step's included) within interval + jitter: the agent keeps polling
+    assert max(gaps) <= interval + jitter, gaps
+    assert wall_wait > timedelta(hours=2), "the fake wall clock step did not take effect"
+    assert job.id == "control"
 
 
 def test_monotonic_schedule_stays_on_the_grid_and_coalesces_missed_points():
@@ -187,114 +373,116 @@ def test_monotonic_schedule_with_jitter_wider_than_the_interval_skips_no_grid_po
 
 
 # ---------------------------------------------------------------- watchdog: passes must complete
-class GatedReconciler(FakeReconciler):
-    """Passes complete at once until ``hang`` is set; then the next pass blocks until
-    ``release`` is set (a pass stuck on an engine or registry that never answers)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hang = threading.Event()
-        self.release = threading.Event()
-
-    def run_pass(self, *, force: bool = False) -> PassResult:
-        if self.hang.is_set():
-            with self._lock:
-                self.running += 1
-            self.release.wait(30)
-            with self._lock:
-                self.running -= 1
-        return super().run_pass(force=force)
-
-
 class NotifySocket:
-    """A real AF_UNIX datagram socket standing in for systemd's $NOTIFY_SOCKET."""
+    """A real AF_UNIX datagram socket standing in for systemd's $NOTIFY_SOCKET. A datagram
+    is queued when the daemon's send returns, so a settled daemon's messages are all here."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
-        self.sock.settimeout(0.05)
+        self.sock.setblocking(False)
 
-    def collect(self, seconds: float, until: Callable[[list[str]], bool] | None = None,
-                ) -> list[str]:
-        """Every message within ``seconds``; with ``until``, returns as soon as the messages
-        so far satisfy it (a presence check need not wait out the whole window)."""
+    def drain(self) -> list[str]:
+        """Every message queued so far."""
         out: list[str] = []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while True:
             try:
                 out.extend(self.sock.recv(4096).decode().splitlines())
-            except TimeoutError:
-                pass
-            if until is not None and until(out):
-                break
-        return out
-
-
-def pinged(messages: list[str]) -> bool:
-    return "WATCHDOG=1" in messages
+            except BlockingIOError:
+                return out
 
 
 @pytest.fixture
-def watched(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
-    """A daemon under a 0.1 s watchdog, its notify socket, and a steppable monotonic clock."""
-    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # pings every 0.05 s
-    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+def watched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            ) -> Iterator[tuple[Harness, GatedReconciler, NotifySocket]]:
+    """A daemon under a 0.1 s watchdog (pings every 0.05 s of its clock), its notify socket."""
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
     ns = NotifySocket(tmp_path / "notify")
-    skew = [0.0]
-    rec = GatedReconciler()
-    cfg = parse_config({
-        "source": {"repo": str(tmp_path)},
-        "compose": {"project_dir": str(tmp_path)},
-        "agent": {"interval_seconds": 0.2, "jitter_seconds": 0, "health_timeout_seconds": 30,
-                  "state_dir": str(tmp_path / "state")},
-    })
-    d = Daemon(cfg, reconciler=rec, notifier=Notifier(str(ns.path)),  # type: ignore[arg-type]
-               monotonic=lambda: time.monotonic() + skew[0])
-    t = _run(d)
-    yield d, rec, ns, skew
-    rec.release.set()
-    d.stop()
-    t.join(10)
+    clock = VirtualClock()
+    rec = GatedReconciler(clock)
+    d = Daemon(_cfg(tmp_path, 0.2, 0, health_timeout_seconds=30),
+               reconciler=rec, notifier=Notifier(str(ns.path)), clock=clock)  # type: ignore[arg-type]
+    h = Harness(d, clock)
+    yield h, rec, ns
+    rec.hang.clear()
+    rec.finish(wait=False)
+    h.stop()
     ns.sock.close()
 
 
+def _pings(h: Harness, ns: NotifySocket, wake_ups: int) -> list[str]:
+    """What the daemon sent over its next ``wake_ups`` wake-ups."""
+    for _ in range(wake_ups):
+        h.fire()
+    h.settle()
+    return ns.drain()
+
+
 def test_liveness_bound_covers_interval_jitter_and_a_rollout_plus_rollback(tmp_path):
-    d = _daemon(tmp_path, interval=60, jitter=10, rec=FakeReconciler())
+    h = _daemon(tmp_path, interval=60, jitter=10)
+    d = h.d
+    h.stop()
     # a pass may wait health_timeout for the rollout and again for a rollback
     assert d.liveness_bound() >= 60 + 10 + 2 * d.cfg.agent.health_timeout_seconds
 
 
+def test_watchdog_is_fed_every_half_period_while_passes_complete(watched):
+    h, rec, ns = watched
+    h.settle()
+    ns.drain()
+    t0 = h.clock.monotonic()
+    sent = _pings(h, ns, 8)
+    elapsed = h.clock.monotonic() - t0
+    # a ping each 0.05 s of the clock (the wake-ups between are the passes, every 0.2 s)
+    assert sent.count("WATCHDOG=1") >= math.floor(elapsed / 0.05) >= 4, (sent, elapsed)
+    assert len(rec.started) >= 2
+
+
 def test_watchdog_is_withheld_when_a_pass_hangs_past_the_bound_and_resumes_after(watched):
-    d, rec, ns, skew = watched
-    # fed while passes complete
-    assert ns.collect(0.5, until=lambda m: m.count("WATCHDOG=1") >= 4).count("WATCHDOG=1") >= 4
+    h, rec, ns = watched
+    d = h.d
+    assert "WATCHDOG=1" in _pings(h, ns, 4)  # fed while passes complete
     rec.hang.set()
-    _wait(lambda: rec.running == 1)
+    while rec.running == 0:  # the next pass starts, and hangs
+        h.fire()
+    h.settle()
     bound = d.liveness_bound()
     with capture_logs() as logs:
-        skew[0] += 0.8 * bound  # a slow pass, still within the bound: fed
-        assert "WATCHDOG=1" in ns.collect(0.4, until=pinged)
-        skew[0] += 0.4 * bound  # now past the bound with no pass completed
-        drained = ns.collect(0.2)  # the pings already in flight
-        silent = ns.collect(0.6)
+        h.clock.advance(0.8 * bound)  # a slow pass, still within the bound: fed
+        assert "WATCHDOG=1" in _pings(h, ns, 1)
+        h.clock.advance(0.4 * bound)  # now past the bound with no pass completed
+        h.settle()
+        stuck = ns.drain()
+        assert "WATCHDOG=1" not in stuck, stuck
+        assert any(m.startswith("STATUS=stuck") for m in stuck), stuck
+        silent = _pings(h, ns, 6)
         assert "WATCHDOG=1" not in silent, silent
-        assert any(m.startswith("STATUS=stuck") for m in drained + silent)
         withheld = [e for e in logs if e["event"] == "agent.daemon.watchdog_withheld"]
         assert len(withheld) == 1 and withheld[0]["pass_running"] is True
-        rec.release.set()  # the pass completes: the agent is alive again
-        assert "WATCHDOG=1" in ns.collect(1.0, until=pinged)
+        rec.hang.clear()
+        rec.finish()  # the pass completes: the agent is alive again
+        assert "WATCHDOG=1" in _pings(h, ns, 2)  # within two wake-ups: one is a ping
     assert any(e["event"] == "agent.daemon.watchdog_resumed" for e in logs)
 
 
 def test_watchdog_is_withheld_when_the_scheduler_dies(watched):
-    d, rec, ns, skew = watched
-    _wait(lambda: rec.started)
+    h, rec, ns = watched
+    d = h.d
+    h.settle()
+    assert rec.started
     d.scheduler.shutdown(wait=False)  # passes are still submitted, none ever runs
     with capture_logs() as logs:
-        assert "WATCHDOG=1" in ns.collect(0.3, until=pinged)  # not yet: within the bound
-        skew[0] += d.liveness_bound() + 1
-        ns.collect(0.2)
-        assert "WATCHDOG=1" not in ns.collect(0.6)
+        for _ in range(6):  # not yet: within the bound
+            h.clock.fire()
+            h.clock.deadline()
+        assert "WATCHDOG=1" in ns.drain()
+        h.clock.advance(d.liveness_bound() + 1)
+        h.clock.deadline()
+        ns.drain()
+        for _ in range(6):
+            h.clock.fire()
+            h.clock.deadline()
+        assert "WATCHDOG=1" not in ns.drain()
     withheld = [e for e in logs if e["event"] == "agent.daemon.watchdog_withheld"]
     assert withheld and withheld[0]["scheduler_running"] is False
