@@ -56,6 +56,7 @@ from agent.retry import retry_transient
 from agent.stack_files import StackFiles
 from agent.staging import StackCompose, StackHashes, StagedStack
 from agent.state import AgentState, StateStore, write_atomic
+from agent.strategies import container_engine
 from agent.trust import check_ancestry
 
 __all__ = ["Loaded", "PassResult", "Reconciler"]
@@ -91,8 +92,8 @@ class Reconciler:
         self._project_compose: StackCompose | None = None
         self.envelope = Envelope(self.store, cfg.agent.history_limit, list(observers))
         # the features a release carries, as release hooks (agent/hooks.py)
-        self.files = (StackFiles(cfg, self.source, self.engine, self.compose, self.compose_for,
-                                 self.project_compose, save_best_effort)
+        self.files = (StackFiles(cfg, self.source, container_engine(self.engine), self.compose,
+                                 self.compose_for, self.project_compose, save_best_effort)
                       if cfg.compose.from_repo else None)
         hooks: list[ReleaseHook] = [self.files] if self.files is not None else []
         hooks.append(retention.Retention(self.engine, cfg.agent.keep_releases))

@@ -37,7 +37,7 @@ from agent.failpoints import failpoint
 from agent.hooks import ReleaseHook
 from agent.outcomes import PassResult, disposition
 from agent.plan import Plan, Release
-from agent.platform import ComposePlatform
+from agent.platform import compose_platform
 from agent.ports import ComposeProject, Engine
 from agent.retry import retry_transient
 from agent.staging import StackHashes, StagedStack
@@ -58,10 +58,8 @@ class Releaser:
         self.hooks: list[ReleaseHook] = list(hooks)
         self.kit = Toolkit(engine, compose, cfg.compose.name, cfg.agent.handover_seconds,
                            self.pull, sleep)
-        self.compose_platform = ComposePlatform(
-            self.kit, timeout=cfg.agent.health_timeout_seconds, settle=cfg.agent.settle_seconds)
         # where releases run: Swarm's stack ([engine] kind = "swarm") or compose
-        self.platform: Platform = swarm_platform(cfg, self.kit) or self.compose_platform
+        self.platform: Platform = swarm_platform(cfg, self.kit) or compose_platform(cfg, self.kit)
 
     # ------------------------------------------------------------------ the release
     def run(self, state: AgentState, run: Run, release: Release,
@@ -269,7 +267,7 @@ class Releaser:
             restored: list[str] = []
             for strategy, services in self._strategies(release, release.touched):
                 restored += strategy.undo(services, release)
-            bad = (self.compose_platform.wait_healthy(restored, release.rollback_pins())
+            bad = (self.platform.wait_healthy(restored, release.rollback_pins())
                    if restored else None)
         except AgentError as e:
             bad, keep_intent = str(e), isinstance(e, TransientError)

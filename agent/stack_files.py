@@ -24,7 +24,7 @@ from agent.errors import ComposeFileError, ConfigError
 from agent.failpoints import failpoint
 from agent.plan import ObservedContainer, Release
 from agent.policy import check_host_policy, check_raw_references
-from agent.ports import ComposeProject, Engine, Source
+from agent.ports import ComposeProject, ContainerEngine, Source
 from agent.stack import FileSource, StackJournal, check_compose_images, orphans, sha256
 from agent.staging import (
     StackCompose,
@@ -44,7 +44,7 @@ log = structlog.get_logger()
 
 
 class StackFiles:
-    def __init__(self, cfg: AgentConfig, source: Source, engine: Engine,
+    def __init__(self, cfg: AgentConfig, source: Source, engine: ContainerEngine,
                  compose: ComposeProject, compose_for: Callable[..., StackCompose],
                  project_compose: Callable[[], StackCompose],
                  save_best_effort: Callable[..., None]) -> None:
