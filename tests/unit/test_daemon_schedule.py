@@ -304,6 +304,49 @@ def test_passes_never_overlap_and_a_sighup_during_a_pass_runs_after_it(tmp_path)
     assert rec.max_running == 1
 
 
+
+def test_a_signed_push_to_the_daemons_webhook_runs_a_pass_at_once(tmp_path):
+    import hashlib
+    import hmac
+    import http.client
+    import json
+
+    import rig
+
+    secret = tmp_path / "webhook.secret"
+    secret.write_text("s3cret-webhook-value-42\n")
+    secret.chmod(0o600)
+    port = rig.free_port()
+    cfg = parse_config({
+        "source": {"repo": "https://git.example.com/ops/stack.git"},
+        "compose": {"project_dir": str(tmp_path)},
+        "agent": {"interval_seconds": 3600, "jitter_seconds": 20,
+                  "state_dir": str(tmp_path / "state")},
+        "webhook": {"listen": f"127.0.0.1:{port}", "secret_file": str(secret),
+                    "kind": "github"},
+    })
+    clock = VirtualClock()
+    rec = FakeReconciler(clock)
+    h = Harness(Daemon(cfg, reconciler=rec, notifier=Notifier(""),  # type: ignore[arg-type]
+                       clock=clock), clock)
+    first = h.fire()  # the loop runs: the webhook listens
+    h.settle()
+    body = json.dumps({"ref": "refs/heads/main", "repository": {
+        "clone_url": "https://git.example.com/ops/stack.git"}}).encode()
+    mac = hmac.new(b"s3cret-webhook-value-42", body, hashlib.sha256).hexdigest()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("POST", "/hook", body=body, headers={
+            "X-GitHub-Event": "push", "X-Hub-Signature-256": f"sha256={mac}",
+            "Content-Type": "application/json"})
+        assert c.getresponse().status == 202
+    finally:
+        c.close()
+    h.settle()  # no time passes: the push's pass comes without the clock moving
+    h.stop()
+    assert rec.started == [first, first]  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------- time: monotonic schedule
 class SteppedWallClock(datetime):
     """datetime whose now() can be stepped: what APScheduler and the daemon see as the
