@@ -22,8 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from agent.config_allow import ComposeAllow as ComposeAllow
-from agent.config_allow import normalize_capability as normalize_capability
+from agent.config_allow import ComposeAllow
 from agent.config_base import Strict, cleartext_to_remote_host, url_credentials_problem
 from agent.config_report import (
     FleetConfig,

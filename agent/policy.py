@@ -41,7 +41,7 @@ from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.nodes import MappingNode, Node, SequenceNode
 
-from agent.config import ComposeAllow, normalize_capability
+from agent.config_allow import ComposeAllow, normalize_capability
 from agent.errors import UntrustedRevision
 
 # service keys whose value "host" joins a host namespace
