@@ -30,13 +30,13 @@ docs: venv
 test: rig venv lint docs
 	$(BIN)/pytest
 
-# The unit tier alone: no Docker engine, no rig, under 30 s. Tests marked e2e that live in
-# tests/unit (release-local against a registry) need the rig: `make test` runs them.
+# The unit tier alone: no Docker engine, no rig, under 30 s (tests/unit holds no e2e test;
+# the tests that need the engine are under tests/e2e, marked e2e there).
 # pytest-xdist spreads the tier over UNIT_WORKERS processes (more than the cores: many
 # tests wait on git subprocesses and sockets).
 UNIT_WORKERS ?= 4
 test-unit: venv
-	$(BIN)/pytest -q -n $(UNIT_WORKERS) -m "not e2e" tests/unit
+	$(BIN)/pytest -q -n $(UNIT_WORKERS) tests/unit
 
 demo: rig venv
 	$(BIN)/python demo/demo.py

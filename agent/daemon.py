@@ -42,7 +42,7 @@ from agent.config import AgentConfig
 from agent.edges.systemd import Notifier, watchdog_interval
 from agent.outcomes import PassResult
 from agent.reconcile import Reconciler
-from agent.stacks import AgentFile
+from agent.stacks_config import AgentFile, single
 from agent.state import StateLock, StateStore
 from agent.timefmt import SYSTEM_CLOCK, Clock
 
@@ -96,7 +96,7 @@ class Daemon:
 
     def __init__(self, cfg: AgentConfig | AgentFile, reconciler: Reconciler | None = None,
                  notifier: Notifier | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
-        from agent.stacks import StackRun, StackSet, single
+        from agent.stacks import StackRun, StackSet
 
         file = cfg if isinstance(cfg, AgentFile) else single(cfg)
         if reconciler is not None:

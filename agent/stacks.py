@@ -36,7 +36,7 @@ import structlog
 from agent.config import AgentConfig
 from agent.errors import AgentError, DesiredStateError
 from agent.ports import Fetched, GateAnswer, GateQuestion
-from agent.stacks_config import AgentFile, StackSpec, single
+from agent.stacks_config import AgentFile, StackSpec
 
 if TYPE_CHECKING:
     from agent.outcomes import PassResult
@@ -346,6 +346,4 @@ def _last_revision(state_dir: Path) -> Callable[[], str | None]:
     return last
 
 
-# AgentFile and single: re-exported for agent.daemon (the config is agent/stacks_config.py)
-__all__ = ["AgentFile", "DependencyGate", "SharedRepo", "StackRun", "StackSet", "StackSource",
-           "StackSpec", "single"]
+__all__ = ["DependencyGate", "SharedRepo", "StackRun", "StackSet", "StackSource"]
