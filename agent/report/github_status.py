@@ -140,9 +140,14 @@ class GitHubStatusReporter:
         self.queue.append({"sha": revision, "state": state,
                            "description": _clip(description), "context": self.context})
         if len(self.queue) > MAX_QUEUED:
-            dropped = self.queue.pop(0)
+            # full: the oldest pending or success goes first; a failure or error (a verdict
+            # someone must act on) only when the outbox holds nothing else
+            i = next((i for i, q in enumerate(self.queue)
+                      if q["state"] not in ("failure", "error")), 0)
+            dropped = self.queue.pop(i)
             log.warning("agent.report.dropped", reporter="github", revision=dropped["sha"][:12],
-                        state=dropped["state"], message="outbox full; oldest status dropped")
+                        state=dropped["state"],
+                        message=f"outbox full; the oldest {dropped['state']} status dropped")
         self._save()
 
     # ------------------------------------------------------------------ delivery

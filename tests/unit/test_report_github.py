@@ -165,6 +165,23 @@ def test_github_down_queues_statuses_and_delivers_them_in_order_later(gh, tmp_pa
     assert json.loads((tmp_path / OUTBOX_FILE).read_text())["queue"] == []
 
 
+def test_a_full_outbox_drops_the_oldest_success_and_keeps_a_failure(gh, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr("agent.report.github_status.MAX_QUEUED", 3)
+    bad, *good = [gh.commit({"n": str(i)}) for i in range(4)]
+    r = reporter(gh, tmp_path, post_pending=False)
+    gh.fail(503)
+    r.pass_finished(PassResult("rolled-back", bad, target={"web": WEB}, reason="unhealthy"))
+    with capture_logs() as logs:
+        for rev in good:
+            r.pass_finished(applied(rev))
+    queued = json.loads((tmp_path / OUTBOX_FILE).read_text())["queue"]
+    assert [(q["sha"], q["state"]) for q in queued] == [
+        (bad, "failure"), (good[1], "success"), (good[2], "success")]
+    [dropped] = [e for e in logs if e["event"] == "agent.report.dropped"]
+    assert (dropped["revision"], dropped["state"]) == (good[0][:12], "success")
+
+
 def test_backoff_doubles_while_github_stays_down(gh, tmp_path):
     rev = gh.commit({})
     clock = Clock()
