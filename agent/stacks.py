@@ -105,7 +105,10 @@ class StackSource:
         return bool(self.repo.source.is_ancestor(ancestor, descendant))
 
     def read_files(self, revision: str, paths: Sequence[str]) -> dict[str, bytes]:
-        """The stack's files (``paths`` relative to its folder, keys too)."""
+        """The stack's files (``paths`` relative to its folder, keys too). The files this
+        view just read to judge the head are not read again by the pass."""
+        if self._last is not None and self._last[0] == revision and list(paths) == self.paths:
+            return dict(self._last[2])
         got = self.repo.source.read_files(revision, [self.prefix + p for p in paths])
         return {k.removeprefix(self.prefix): v for k, v in got.items()}
 

@@ -423,6 +423,33 @@ def test_an_idle_round_reads_no_file_of_the_stack_again(tmp_path: Path) -> None:
     assert len(reads) == first  # GitHub kind: no API request on an idle round
 
 
+def test_a_new_head_reads_the_stacks_files_once_for_the_judge_and_the_pass(
+        tmp_path: Path) -> None:
+    repo = FakeRepo()
+    rev = repo.commit()
+    repo.commits[rev] = files(infra__desired_state_yml=b"i1", infra__compose_yml=b"c1",
+                              app__desired_state_yml=b"a1")
+    reads: list[tuple[str, list[str]]] = []
+    real = repo.read_files
+
+    def counting(revision: str, paths: list[str]) -> dict[str, bytes]:
+        reads.append((revision, paths))
+        return real(revision, paths)
+
+    repo.read_files = counting  # type: ignore[method-assign]
+    shared, infra, _ = views(tmp_path, repo)
+    shared.new_round()
+    head = infra.fetch()
+    before = list(reads)
+    # what the pass reads next (StackFiles.validated): the same files of the same head
+    assert infra.read_files(head.revision, infra.paths) == {"compose.yml": b"c1"}
+    assert reads == before  # no second read of the files the judge just read
+    assert ("infra/compose.yml" in reads[-1][1]) and reads[-1][0] == rev
+    # other paths or another revision are read from the source
+    infra.read_files(head.revision, ["other.yml"])
+    assert len(reads) == len(before) + 1
+
+
 def test_a_stacks_rollout_gate_reads_its_own_status_context_and_fleet_sample(
         tmp_path: Path) -> None:
     from agent.fleet import build_gates
