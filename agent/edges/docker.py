@@ -163,7 +163,8 @@ class DockerEngine:
             image_id = attrs.get("Image", "")
             if image_id not in image_digests:
                 try:
-                    img = self.client.api.inspect_image(image_id)
+                    api: Any = self.client.api  # docker's stubs leave inspect_image untyped
+                    img = api.inspect_image(image_id)
                     image_digests[image_id] = list(img.get("RepoDigests") or [])
                 except docker.errors.NotFound:
                     image_digests[image_id] = []
