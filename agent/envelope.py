@@ -15,7 +15,7 @@ from datetime import datetime
 import structlog
 
 from agent import health
-from agent.errors import AgentError, StateWriteError
+from agent.errors import AgentError
 from agent.outcomes import PassResult, ServiceReport, disposition
 from agent.plan import ObservedContainer, Plan, running_digest
 from agent.ports import PassObserver
@@ -157,16 +157,6 @@ class Envelope:
             except Exception as e:  # noqa: BLE001 - reporting never affects a release
                 log.error("agent.report.observer_failed", observer=type(o).__name__,
                           error=repr(e))
-
-
-def save_best_effort(save: Callable[[], None], *, what: str) -> None:
-    """After the intent is recorded, a failed save never stops the verdict or the
-    rollback: the recorded intent already lets the next pass converge."""
-    try:
-        save()
-    except StateWriteError as e:
-        log.error("agent.state.write_failed", what=what, error=str(e),
-                  message="continuing: the recorded intent lets the next pass converge")
 
 
 def _reports(target: Mapping[str, ImageDigest],

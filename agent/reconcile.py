@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import structlog
 
@@ -34,7 +33,7 @@ from agent.desired import (
     parse_desired_state,
     resolve_update_orders,
 )
-from agent.envelope import Envelope, Run, save_best_effort
+from agent.envelope import Envelope, Run
 from agent.errors import DockerUnavailable, SourceUnavailable, TransientError, UntrustedRevision
 from agent.failpoints import failpoint
 from agent.hooks import Loaded, ReleaseHook
@@ -54,8 +53,15 @@ from agent.ports import ComposeProject, Engine, Fetched, Gate, GateQuestion, Pas
 from agent.release import Releaser
 from agent.retry import retry_transient
 from agent.stack_files import StackFiles
-from agent.staging import StackCompose, StackHashes, StagedStack
-from agent.state import AgentState, StateStore, write_atomic
+from agent.staging import StackCompose, StagedStack
+from agent.state import (
+    AgentState,
+    ImageDigest,
+    StateStore,
+    save_best_effort,
+    short_digest,
+    write_atomic,
+)
 from agent.strategies import container_engine
 from agent.trust import check_ancestry
 
@@ -93,7 +99,7 @@ class Reconciler:
         self.envelope = Envelope(self.store, cfg.agent.history_limit, list(observers))
         # the features a release carries, as release hooks (agent/hooks.py)
         self.files = (StackFiles(cfg, self.source, container_engine(self.engine), self.compose,
-                                 self.compose_for, self.project_compose, save_best_effort)
+                                 self.compose_for, self.project_compose)
                       if cfg.compose.from_repo else None)
         hooks: list[ReleaseHook] = [self.files] if self.files is not None else []
         hooks.append(retention.Retention(self.engine, cfg.agent.keep_releases))
@@ -194,8 +200,9 @@ class Reconciler:
         check_allowed_images(desired, self.cfg.trust.allowed_images, source)
         failed = fetched.revision in state.failed_revisions and not force
         staged = self.releaser.validated(fetched.revision, failed=failed) if files else None
-        compose_services = self.compose_of(staged).services()
-        inactive = (self.compose_of(staged).inactive_services()
+        compose = self.compose_of(staged)
+        compose_services = compose.services()
+        inactive = (compose.inactive_services()
                     if set(desired.services) - set(compose_services) else {})
         check_against_compose(desired, compose_services, source, inactive=inactive,
                               compose_files=", ".join(self.cfg.compose.files))
@@ -236,7 +243,7 @@ class Reconciler:
         (log.debug if plan.is_noop and rev == seen else log.info)(
             "agent.diff",
             revision=rev,
-            changes=[f"{c.service}: {_short(c.old)} -> {_short(c.new)}" for c in plan.changes],
+            changes=digest_moves(plan),
             unverified=plan.unverified,
             config_changed=plan.config_changed,
             because={c.service: c.because for c in plan.changes if c.because},
@@ -244,11 +251,12 @@ class Reconciler:
         )
         return plan
 
-    def plan(self, staged: StagedStack | None, revision: str, target: Mapping[str, Any],
+    def plan(self, staged: StagedStack | None, revision: str,
+             target: Mapping[str, ImageDigest],
              observed: Mapping[str, Sequence[ObservedContainer]], state: AgentState) -> Plan:
         """The diff, with the configuration hashes the hooks give (a service whose
         configuration changes changes too, and says why)."""
-        got = self.config_hashes(staged, target)
+        got = self.releaser.hashes(staged, target)
         plan = make_plan(revision, target, observed, state.known_good,
                          got.hashes if got is not None else None)
         return explain(plan, got.reasons) if got is not None else plan
@@ -273,10 +281,11 @@ class Reconciler:
         services desired-state does not manage: those are brought up here. Unmanaged
         services are otherwise started alongside a release, never on their own: a missing
         unmanaged image must not turn every poll into a pull."""
-        unmanaged = self._unmanaged(loaded, set(loaded.desired.services), plan, run.observed)
-        if self.releaser.before_apply(loaded.stack) and unmanaged:
-            self.releaser.pin(plan.target)  # the labels of the files just written
-            self.releaser.start_unmanaged(unmanaged)
+        if self.releaser.before_apply(loaded.stack):
+            unmanaged = self._unmanaged(loaded, set(loaded.desired.services), plan, run.observed)
+            if unmanaged:
+                self.releaser.pin(plan.target)  # the labels of the files just written
+                self.releaser.start_unmanaged(unmanaged)
         rev = plan.revision
         if rev in state.failed_revisions and not run.force:
             reason = (f"revision {rev[:12]} failed before ({state.failed_revisions[rev]}); "
@@ -315,10 +324,6 @@ class Reconciler:
                 observed.get(s, ())) != plan.hashes[s])))
 
     # ------------------------------------------------------------------ for the read model
-    def config_hashes(self, staged: StagedStack | None,
-                      target: Mapping[str, Any]) -> StackHashes | None:
-        return self.releaser.hashes(staged, target)
-
     def compose_of(self, staged: StagedStack | None) -> ComposeProject | StackCompose:
         """The compose model a revision runs with: its staged files', else the host's."""
         return self.compose if staged is None else staged.compose
@@ -331,5 +336,7 @@ class Reconciler:
         return self._project_compose
 
 
-def _short(d: str | None) -> str:
-    return "none" if d is None else d.removeprefix("sha256:")[:12]
+
+def digest_moves(plan: Plan) -> list[str]:
+    """``web: 1a2b3c4d5e6f -> 4d5e6f7a8b9c`` per change, as the diff and rollback log it."""
+    return [f"{c.service}: {short_digest(c.old)} -> {short_digest(c.new)}" for c in plan.changes]

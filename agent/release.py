@@ -20,7 +20,7 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.desired import registry_of
-from agent.envelope import Envelope, Run, save_best_effort
+from agent.envelope import Envelope, Run
 from agent.errors import (
     AgentError,
     ApplyFailed,
@@ -41,7 +41,15 @@ from agent.platform import compose_platform
 from agent.ports import ComposeProject, Engine
 from agent.retry import retry_transient
 from agent.staging import StackHashes, StagedStack
-from agent.state import AgentState, Change, ImageDigest, InFlight, StateStore, utcnow
+from agent.state import (
+    AgentState,
+    Change,
+    ImageDigest,
+    InFlight,
+    StateStore,
+    save_best_effort,
+    utcnow,
+)
 from agent.strategies import Platform, Toolkit, UpdateStrategy, pins
 from agent.swarm import swarm_platform
 
@@ -112,6 +120,7 @@ class Releaser:
         return None
 
     def before_apply(self, staged: StagedStack | None) -> bool:
+        # a list, not a generator: every hook writes, even after one said True
         return any([h.before_apply(staged) for h in self.hooks])
 
     def applied(self, state: AgentState, staged: StagedStack | None,

@@ -19,7 +19,7 @@ from agent.desired import UpdateOrder, declared_scale, why_not_twice
 from agent.envelope import Run
 from agent.outcomes import PassResult
 from agent.plan import Release, carry_over_previous, previous_digests
-from agent.reconcile import Reconciler
+from agent.reconcile import Reconciler, digest_moves
 from agent.state import AgentState, ImageDigest
 
 log = structlog.get_logger()
@@ -28,18 +28,16 @@ log = structlog.get_logger()
 def run_rollback(rec: Reconciler, revision: str, target: Mapping[str, ImageDigest],
                  orders: Mapping[str, UpdateOrder] | None = None) -> PassResult:
     """Return to a recorded release, as a pass. Never raises an AgentError."""
-    run = Run(force=True, revision=revision)
 
     def body(state: AgentState, run: Run) -> PassResult:
         with structlog.contextvars.bound_contextvars(revision=revision[:12]):
-            return _rollback(rec, state, run, dict(target), dict(orders or {}))
+            return _rollback(rec, state, run, revision, dict(target), dict(orders or {}))
 
-    return rec.envelope.run(run, body)
+    return rec.envelope.run(Run(force=True, revision=revision), body)
 
 
-def _rollback(rec: Reconciler, state: AgentState, run: Run, target: dict[str, ImageDigest],
-              orders: dict[str, UpdateOrder]) -> PassResult:
-    revision = run.revision or ""
+def _rollback(rec: Reconciler, state: AgentState, run: Run, revision: str,
+              target: dict[str, ImageDigest], orders: dict[str, UpdateOrder]) -> PassResult:
     # a release's files go back with its digests: the kept copy of the last applied
     # ones, else read from the source at that revision, validated like a pass's
     staged = rec.releaser.validated(revision, failed=False)
@@ -47,9 +45,7 @@ def _rollback(rec: Reconciler, state: AgentState, run: Run, target: dict[str, Im
     with run.timed("observe"):
         run.observed = observed = rec.engine.observe(rec.cfg.compose.name, set(target))
     plan = run.plan = rec.plan(staged, revision, target, observed, state)
-    log.info("agent.rollback.requested", revision=revision,
-             changes=[f"{c.service}: {_short(c.old)} -> {_short(c.new)}"
-                      for c in plan.changes])
+    log.info("agent.rollback.requested", revision=revision, changes=digest_moves(plan))
     if plan.is_noop:
         problems = health.snapshot_problems(plan.target, observed)
         if problems:
@@ -70,6 +66,3 @@ def _rollback(rec: Reconciler, state: AgentState, run: Run, target: dict[str, Im
         rec.releaser.pull(plan.changes)
     return rec.releaser.run(state, run, release, staged, services)
 
-
-def _short(d: str | None) -> str:
-    return "none" if d is None else d.removeprefix("sha256:")[:12]

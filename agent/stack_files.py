@@ -35,7 +35,7 @@ from agent.staging import (
     file_labels,
     file_refs,
 )
-from agent.state import AgentState, ImageDigest
+from agent.state import AgentState, ImageDigest, save_best_effort
 from agent.strategies import pins
 
 __all__ = ["StackFiles"]
@@ -46,11 +46,9 @@ log = structlog.get_logger()
 class StackFiles:
     def __init__(self, cfg: AgentConfig, source: Source, engine: ContainerEngine,
                  compose: ComposeProject, compose_for: Callable[..., StackCompose],
-                 project_compose: Callable[[], StackCompose],
-                 save_best_effort: Callable[..., None]) -> None:
+                 project_compose: Callable[[], StackCompose]) -> None:
         self.cfg, self.source, self.engine, self.compose = cfg, source, engine, compose
         self.compose_for, self.project_compose = compose_for, project_compose
-        self._save = save_best_effort
         self.project_dir = cfg.compose.project_dir
         self.journal = StackJournal(cfg.agent.state_dir, cfg.compose.project_dir)
 
@@ -168,7 +166,7 @@ class StackFiles:
                 for c in observed.get(s, ()):
                     self.engine.stop_and_remove(c.container_id)
         journal, plan = self.journal, staged.plan
-        self._save(lambda: journal.record_applied(plan), what="applied files")
+        save_best_effort(lambda: journal.record_applied(plan), what="applied files")
 
     def undo(self, release: Release) -> None:
         """A failed release: its new services go while compose still knows them, then the

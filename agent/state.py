@@ -14,11 +14,12 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent.errors import AgentEnvironmentError, LockHeld, StateWriteError, UnsafeStateDir
@@ -26,6 +27,13 @@ from agent.errors import AgentEnvironmentError, LockHeld, StateWriteError, Unsaf
 STATE_FILE = "state.json"
 LOCK_FILE = "agent.lock"
 MAX_FAILED_REVISIONS = 50
+
+log = structlog.get_logger()
+
+
+def short_digest(d: str | None) -> str:
+    """``1a2b3c4d5e6f`` for ``sha256:1a2b3c4d5e6f…``; ``none`` for no digest."""
+    return "none" if d is None else d.removeprefix("sha256:")[:12]
 
 Outcome = Literal[
     "applied",  # the desired digests run and are healthy after changes
@@ -70,12 +78,9 @@ class Change(_Model):
     def describe(self) -> str:
         """``web: 1a2b3c4d5e6f -> 4d5e6f...``, or for a configuration change
         ``web: config (conf/app.env)``."""
-        def short(d: str | None) -> str:
-            return "none" if d is None else d.removeprefix("sha256:")[:12]
-
         if self.old == self.new and self.because:
             return f"{self.service}: config ({', '.join(self.because)})"
-        return f"{self.service}: {short(self.old)} -> {short(self.new)}"
+        return f"{self.service}: {short_digest(self.old)} -> {short_digest(self.new)}"
 
 
 class RevisionRecord(_Model):
@@ -311,3 +316,13 @@ class StateLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def save_best_effort(save: Callable[[], None], *, what: str) -> None:
+    """After the intent is recorded, a failed save never stops the verdict or the
+    rollback: the recorded intent already lets the next pass converge."""
+    try:
+        save()
+    except StateWriteError as e:
+        log.error("agent.state.write_failed", what=what, error=str(e),
+                  message="continuing: the recorded intent lets the next pass converge")

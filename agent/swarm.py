@@ -29,7 +29,7 @@ from agent import health
 from agent.errors import Unhealthy
 from agent.health import Verdict
 from agent.plan import ObservedContainer, Release
-from agent.state import ImageDigest
+from agent.state import ImageDigest, short_digest
 from agent.strategies import Toolkit, UpdateStrategy
 
 if TYPE_CHECKING:
@@ -71,10 +71,6 @@ class SwarmService:
         return sum(1 for t in self.tasks if t.desired == "running" and t.state == "running")
 
 
-def _short(d: str | None) -> str:
-    return "none" if d is None else d.removeprefix("sha256:")[:12]
-
-
 def swarm_verdict(
     svc: SwarmService | None,
     digest: str,
@@ -106,13 +102,13 @@ def swarm_verdict(
         if state == "paused":
             return Verdict("fail", f"Swarm paused the update: update state paused{why}")
     if svc.spec_digest != digest:
-        return Verdict("fail", f"the service's spec names {_short(svc.spec_digest)}, "
-                               f"not {_short(digest)}")
+        return Verdict("fail", f"the service's spec names {short_digest(svc.spec_digest)}, "
+                               f"not {short_digest(digest)}")
     failed = [t for t in svc.tasks if t.digest == digest and t.state in FAILED_TASK_STATES
               and (since is None or t.at is None or t.at >= since)]
     if len(failed) >= max_failures:
         last = failed[-1].error or failed[-1].state
-        return Verdict("fail", f"{len(failed)} tasks at {_short(digest)} failed: {last}")
+        return Verdict("fail", f"{len(failed)} tasks at {short_digest(digest)} failed: {last}")
     if state == "updating":
         return Verdict("wait", "Swarm is updating the service")
     live = [t for t in svc.tasks if t.desired == "running"]
@@ -121,7 +117,7 @@ def swarm_verdict(
     want = svc.replicas if svc.replicas is not None else max(1, len(live))
     if len(at) >= want and not others:
         return Verdict("ok")
-    return Verdict("wait", f"{len(at)}/{want} tasks running at {_short(digest)}"
+    return Verdict("wait", f"{len(at)}/{want} tasks running at {short_digest(digest)}"
                            + (f", {len(others)} at another digest" if others else ""))
 
 
