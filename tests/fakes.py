@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from agent.errors import (
@@ -25,6 +26,7 @@ from agent.errors import (
 )
 from agent.plan import ObservedContainer
 from agent.ports import Fetched, LocalImage
+from agent.swarm import SwarmService, SwarmTask
 
 
 class Killed(BaseException):
@@ -437,3 +439,78 @@ def shop_reconciler(tmp: Any, engine: FakeEngine, source: FakeSource, *,
     })
     return Reconciler(cfg, source=source, engine=engine,
                       compose=FakeCompose(engine, model={"web": {}}), sleep=lambda _s: None)
+
+
+# --------------------------------------------------------------------------- swarm
+@dataclass
+class FakeSwarm(FakeBaseEngine):
+    """A one-node swarm on the base fake (no container operation): each service's spec,
+    its UpdateStatus, and the running tasks as what ``observe`` reports. Tasks change only by
+    a stack deploy; with ``own_rollback`` (``failure_action: rollback``) a deploy of an
+    unhealthy digest ends in ``rollback_completed`` with the spec back on the old digest, as
+    Swarm does (else the update pauses)."""
+
+    specs: dict[str, str] = field(default_factory=dict)  # service -> digest
+    update: dict[str, str | None] = field(default_factory=dict)
+    deploys: list[dict[str, str]] = field(default_factory=list)
+    own_rollback: bool = True  # failure_action: rollback (else pause)
+    _tasks: int = 0
+
+    def swarm_services(self, stack: str, names: Sequence[str]) -> dict[str, SwarmService]:
+        self._check("swarm-services")
+        out = {}
+        for n in names:
+            if n in self.specs:
+                tasks = tuple(SwarmTask(c.digest, "running", "running")
+                              for c in self.containers.values()
+                              if c.service == n and c.status == "running")
+                out[n] = SwarmService(n, self.specs[n], self.update.get(n),
+                                      datetime.now(UTC), "", 1, tasks)
+        return out
+
+    def deploy(self, pins: dict[str, str]) -> None:
+        self.deploys.append(dict(pins))
+        for svc, ref in pins.items():
+            digest = ref.split("@", 1)[1]
+            old = self.specs.get(svc)
+            if old == digest:
+                continue
+            behaviour = self.registry.get(ref)
+            if behaviour == UNHEALTHY and old is not None and self.own_rollback:
+                self.update[svc] = "rollback_completed"  # the spec stays on the old digest
+                continue
+            for cid in [c.id for c in self.containers.values() if c.service == svc]:
+                del self.containers[cid]
+            self._tasks += 1
+            self.containers[f"t{self._tasks}"] = Container(
+                id=f"t{self._tasks}", service=svc, image=ref,
+                health="healthy" if behaviour == HEALTHY else "unhealthy")
+            self.specs[svc] = digest
+            self.update[svc] = "completed" if behaviour == HEALTHY else "paused"
+
+
+@dataclass
+class FakeStackDeploy:
+    """``docker stack deploy`` of the pinned stack (the ComposeProject SwarmStack is)."""
+
+    engine: FakeSwarm
+    model: dict[str, Any] = field(default_factory=lambda: {"web": {}})
+    pins: dict[str, str] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+
+    def services(self) -> dict[str, Any]:
+        return self.model
+
+    def inactive_services(self) -> dict[str, list[str]]:
+        return {}
+
+    def pin(self, images: Any, labels: Any = None) -> None:
+        self.pins = dict(images)
+
+    def up(self, services: Sequence[str], **_: Any) -> None:
+        self.engine.deploy({s: self.pins[s] for s in self.model if s in self.pins})
+
+    def remove(self, services: Sequence[str]) -> None:
+        self.removed += services
+        for s in services:
+            self.engine.specs.pop(s, None)

@@ -4,58 +4,14 @@ serves. (The pure helpers and the argument checks: tests/unit/test_release_local
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import requests
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "release-local"
-AGENT = Path(sys.executable).with_name("gitops-agent")
-OLD = "sha256:" + "0" * 64
+from release_rehearsal import OLD, config_repo, git, release
 
 
 # --------------------------------------------------------------------------- helpers
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
-def _config_repo(tmp_path: Path, prefix: str) -> Path:
-    repo = tmp_path / "config"
-    repo.mkdir()
-    _git(repo, "init", "--quiet", "--initial-branch=main")
-    _git(repo, "config", "user.name", "t")
-    _git(repo, "config", "user.email", "t@example.test")
-    (repo / "desired-state.yml").write_text(
-        "# config repo of the rehearsal\n"
-        "version: 1\n"
-        "services:\n"
-        "  web:\n"
-        f"    image: {prefix}/web   # CI writes the digest\n"
-        f"    digest: {OLD}\n"
-        "  proxy:\n"
-        "    image: traefik\n"
-        f"    digest: {OLD}\n"
-        "    pinned: true\n"
-    )
-    _git(repo, "add", "desired-state.yml")
-    _git(repo, "commit", "--quiet", "-m", "initial")
-    return repo
-
-
-def _release(repo: Path, registry: str, services: list[tuple[str, Path]],
-             *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, str(SCRIPT), "--registry", registry, "--repo-dir", str(repo),
-            "--gitops-agent", str(AGENT)]
-    for name, ctx in services:
-        argv += ["--service", f"{name}={ctx}"]
-    return subprocess.run([*argv, *extra], capture_output=True, text=True, check=False,
-                          timeout=600)
-
-
 def _registry_digest(registry: str, repo: str, tag: str) -> str:
     r = requests.head(
         f"http://{registry}/v2/{repo}/manifests/{tag}",
@@ -82,10 +38,10 @@ def test_release_local_pushes_bumps_and_commits_the_registry_digests(
     tmp_path: Path, registry, contexts: dict[str, Path],  # type: ignore[no-untyped-def]
 ) -> None:
     host = registry.host
-    repo = _config_repo(tmp_path, f"{host}/gitops-demo")
-    before = _git(repo, "rev-parse", "HEAD")
+    repo = config_repo(tmp_path, f"{host}/gitops-demo")
+    before = git(repo, "rev-parse", "HEAD")
 
-    done = _release(repo, host, [("web", contexts["web"]), ("api", contexts["api"])],
+    done = release(repo, host, [("web", contexts["web"]), ("api", contexts["api"])],
                     "--tag", "r1", "--message", "release: rehearsal")
     assert done.returncode == 0, done.stderr
 
@@ -97,10 +53,10 @@ def test_release_local_pushes_bumps_and_commits_the_registry_digests(
         assert pushed[name] == f"{host}/gitops-demo/{name}@{digest}"
 
     sha = lines[2]
-    assert sha == _git(repo, "rev-parse", "HEAD") != before
-    assert _git(repo, "log", "-1", "--format=%s") == "release: rehearsal"
-    assert _git(repo, "show", "--name-only", "--format=", "HEAD") == "desired-state.yml"
-    assert _git(repo, "status", "--porcelain") == ""
+    assert sha == git(repo, "rev-parse", "HEAD") != before
+    assert git(repo, "log", "-1", "--format=%s") == "release: rehearsal"
+    assert git(repo, "show", "--name-only", "--format=", "HEAD") == "desired-state.yml"
+    assert git(repo, "status", "--porcelain") == ""
 
     from agent.desired import parse_desired_state
 
@@ -117,14 +73,14 @@ def test_release_local_twice_with_the_same_images_commits_nothing_new(
     tmp_path: Path, registry, contexts: dict[str, Path],  # type: ignore[no-untyped-def]
 ) -> None:
     host = registry.host
-    repo = _config_repo(tmp_path, f"{host}/gitops-demo")
-    first = _release(repo, host, [("web", contexts["web"])], "--tag", "same")
+    repo = config_repo(tmp_path, f"{host}/gitops-demo")
+    first = release(repo, host, [("web", contexts["web"])], "--tag", "same")
     assert first.returncode == 0, first.stderr
-    head = _git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
 
-    again = _release(repo, host, [("web", contexts["web"])], "--tag", "same")
+    again = release(repo, host, [("web", contexts["web"])], "--tag", "same")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines()[-1] == head == _git(repo, "rev-parse", "HEAD")
+    assert again.stdout.splitlines()[-1] == head == git(repo, "rev-parse", "HEAD")
     assert "nothing committed" in again.stderr
 
 
@@ -132,27 +88,27 @@ def test_release_local_no_commit_leaves_the_change_uncommitted(
     tmp_path: Path, registry, contexts: dict[str, Path],  # type: ignore[no-untyped-def]
 ) -> None:
     host = registry.host
-    repo = _config_repo(tmp_path, f"{host}/gitops-demo")
-    head = _git(repo, "rev-parse", "HEAD")
-    done = _release(repo, host, [("web", contexts["web"])], "--tag", "nc", "--no-commit")
+    repo = config_repo(tmp_path, f"{host}/gitops-demo")
+    head = git(repo, "rev-parse", "HEAD")
+    done = release(repo, host, [("web", contexts["web"])], "--tag", "nc", "--no-commit")
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 1
-    assert _git(repo, "rev-parse", "HEAD") == head
-    assert _git(repo, "status", "--porcelain") == "M desired-state.yml"
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert git(repo, "status", "--porcelain") == "M desired-state.yml"
 
 
 def test_release_local_refuses_a_pinned_service_and_commits_nothing(
     tmp_path: Path, registry, contexts: dict[str, Path],  # type: ignore[no-untyped-def]
 ) -> None:
     host = registry.host
-    repo = _config_repo(tmp_path, f"{host}/gitops-demo")
-    head = _git(repo, "rev-parse", "HEAD")
-    done = _release(repo, host, [("proxy", contexts["web"])], "--tag", "p1",
+    repo = config_repo(tmp_path, f"{host}/gitops-demo")
+    head = git(repo, "rev-parse", "HEAD")
+    done = release(repo, host, [("proxy", contexts["web"])], "--tag", "p1",
                     "--image-prefix", f"{host}/pinned")
     assert done.returncode == 1
     assert "gitops-agent bump failed" in done.stderr and "pinned" in done.stderr
-    assert _git(repo, "rev-parse", "HEAD") == head
-    assert _git(repo, "status", "--porcelain") == ""
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert git(repo, "status", "--porcelain") == ""
 
 
 def test_release_local_fails_clearly_when_the_registry_is_down(
@@ -161,8 +117,8 @@ def test_release_local_fails_clearly_when_the_registry_is_down(
     import rig
 
     host = f"127.0.0.1:{rig.free_port()}"  # nothing listens there
-    repo = _config_repo(tmp_path, f"{host}/gitops-demo")
-    done = _release(repo, host, [("web", contexts["web"])], "--tag", "down")
+    repo = config_repo(tmp_path, f"{host}/gitops-demo")
+    done = release(repo, host, [("web", contexts["web"])], "--tag", "down")
     assert done.returncode == 1
     assert "docker push of web failed" in done.stderr
-    assert _git(repo, "status", "--porcelain") == ""
+    assert git(repo, "status", "--porcelain") == ""

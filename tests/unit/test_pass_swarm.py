@@ -5,80 +5,32 @@ real Swarm does is proved in e2e/test_swarm.py; this is the pass-to-platform con
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import HEALTHY, UNHEALTHY, FakeCompose, FakeEngine, FakeSource, desired_yaml, digest_of
+from fakes import (
+    HEALTHY,
+    UNHEALTHY,
+    FakeSource,
+    FakeStackDeploy,
+    FakeSwarm,
+    desired_yaml,
+    digest_of,
+)
 from structlog.testing import capture_logs
 
 from agent.config import parse_config
 from agent.reconcile import Reconciler
-from agent.swarm import SwarmService, SwarmTask
 
 REG = "registry.test:5000"
 WEB = f"{REG}/shop/web"
 V1, V2, BAD = (digest_of(n) for n in ("v1", "v2", "bad"))
 
 
-@dataclass
-class FakeSwarmEngine(FakeEngine):
-    """A one-node swarm: each service's spec, its UpdateStatus and its tasks (as the
-    engine's containers). ``failure_action: rollback``: a deploy of an unhealthy digest
-    ends in ``rollback_completed`` with the spec back on the old digest, as Swarm does."""
-
-    specs: dict[str, str] = field(default_factory=dict)  # service -> digest
-    update: dict[str, str | None] = field(default_factory=dict)
-    deploys: list[dict[str, str]] = field(default_factory=list)
-    own_rollback: bool = True
-
-    def swarm_services(self, stack: str, names: Sequence[str]) -> dict[str, SwarmService]:
-        self._check("swarm-services")
-        out = {}
-        for n in names:
-            if n not in self.specs:
-                continue
-            tasks = tuple(SwarmTask(c.digest, "running", "running") for c in self.of(n)
-                          if c.status == "running")
-            out[n] = SwarmService(n, self.specs[n], self.update.get(n),
-                                  datetime.now(UTC), "", 1, tasks)
-        return out
-
-    def deploy(self, pins: dict[str, str]) -> None:
-        self.deploys.append(dict(pins))
-        for svc, ref in pins.items():
-            digest = ref.split("@", 1)[1]
-            old = self.specs.get(svc)
-            if old == digest:
-                continue
-            behaviour = self.registry.get(ref)
-            if behaviour == UNHEALTHY and old is not None and self.own_rollback:
-                self.update[svc] = "rollback_completed"  # spec back on the old digest
-                continue
-            for c in self.of(svc):
-                self.containers.pop(c.id)
-            self.start(svc, ref)
-            self.specs[svc] = digest
-            self.update[svc] = "completed" if behaviour == HEALTHY else "paused"
-
-
-@dataclass
-class FakeStack(FakeCompose):
-    """``docker stack deploy`` of the pinned stack (SwarmStack.up)."""
-
-    def up(self, services: Sequence[str], *, pull: str = "never",
-           scale: Any = None, no_recreate: bool = False, start: bool = True) -> None:
-        assert isinstance(self.engine, FakeSwarmEngine)
-        self.ups.append((list(services), {}, no_recreate))
-        self.engine.deploy({s: self.pins[s] for s in self.model if s in self.pins})
-
-
 @pytest.fixture
-def swarm(tmp_path: Path) -> tuple[Reconciler, FakeSwarmEngine, FakeSource, Path]:
-    engine = FakeSwarmEngine()
+def swarm(tmp_path: Path) -> tuple[Reconciler, FakeSwarm, FakeSource, Path]:
+    engine = FakeSwarm()
     for d in (V1, V2):
         engine.publish(WEB, d, HEALTHY)
     engine.publish(WEB, BAD, UNHEALTHY)
@@ -91,7 +43,7 @@ def swarm(tmp_path: Path) -> tuple[Reconciler, FakeSwarmEngine, FakeSource, Path
     })
     source = FakeSource()
     rec = Reconciler(cfg, source=source, engine=engine,
-                     compose=FakeStack(engine, model={"web": {}}), sleep=lambda _s: None)
+                     compose=FakeStackDeploy(engine, model={"web": {}}), sleep=lambda _s: None)
     return rec, engine, source, tmp_path / "state"
 
 

@@ -141,6 +141,15 @@ def test_retention_as_a_hook_prunes_after_a_release_only(
     assert "local_images" in engine.calls
 
 
+def _two_releases(rec: Reconciler, source: FakeSource) -> str:
+    """V1 then V2 applied; the first release's revision (the rollback target)."""
+    first = _release(source, V1)
+    assert rec.run_pass().outcome == "applied"
+    _release(source, V2)
+    assert rec.run_pass().outcome == "applied"
+    return first
+
+
 def _digests_of(rec: Reconciler, revision: str) -> dict[str, Any]:
     [release] = [r for r in rec.store.load().releases if r.revision == revision]
     return dict(release.digests)
@@ -149,10 +158,7 @@ def _digests_of(rec: Reconciler, revision: str) -> dict[str, Any]:
 def test_the_operator_rollback_runs_the_same_hooks_in_the_same_envelope(
         shop: tuple[Reconciler, FakeSource, FakeEngine, Recorder]) -> None:
     rec, source, _, hook = shop
-    r1 = _release(source, V1)
-    rec.run_pass()
-    _release(source, V2)
-    rec.run_pass()
+    r1 = _two_releases(rec, source)
     hook.calls.clear()
     result = run_rollback(rec, r1, _digests_of(rec, r1))
     assert result.outcome == "applied"
@@ -166,10 +172,7 @@ def test_the_operator_rollback_runs_the_same_hooks_in_the_same_envelope(
 def test_a_crash_inside_an_operator_rollback_is_recorded_and_keeps_the_intent(
         shop: tuple[Reconciler, FakeSource, FakeEngine, Recorder]) -> None:
     rec, source, _, hook = shop
-    r1 = _release(source, V1)
-    rec.run_pass()
-    _release(source, V2)
-    rec.run_pass()
+    r1 = _two_releases(rec, source)
     hook.fail_in = "before_apply"
     with pytest.raises(RuntimeError, match="hook failed in before_apply"):
         run_rollback(rec, r1, _digests_of(rec, r1))

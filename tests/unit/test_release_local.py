@@ -13,11 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "release-local"
-AGENT = Path(sys.executable).with_name("gitops-agent")
-OLD = "sha256:" + "0" * 64
+from release_rehearsal import SCRIPT, config_repo, release
 
 
 def _load_script() -> ModuleType:
@@ -82,46 +78,7 @@ def test_bad_arguments_exit_2(tmp_path: Path) -> None:
 
 
 def test_missing_dockerfile_fails_before_building(tmp_path: Path) -> None:
-    repo = _config_repo(tmp_path, "127.0.0.1:1/gitops-demo")
-    done = _release(repo, "127.0.0.1:1", [("web", tmp_path / "nothing")], "--tag", "v1")
+    repo = config_repo(tmp_path, "127.0.0.1:1/gitops-demo")
+    done = release(repo, "127.0.0.1:1", [("web", tmp_path / "nothing")], "--tag", "v1")
     assert done.returncode == 1
     assert "no Dockerfile" in done.stderr
-
-
-# --------------------------------------------------------------------------- helpers
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                          check=True).stdout.strip()
-
-
-def _config_repo(tmp_path: Path, prefix: str) -> Path:
-    repo = tmp_path / "config"
-    repo.mkdir()
-    _git(repo, "init", "--quiet", "--initial-branch=main")
-    _git(repo, "config", "user.name", "t")
-    _git(repo, "config", "user.email", "t@example.test")
-    (repo / "desired-state.yml").write_text(
-        "# config repo of the rehearsal\n"
-        "version: 1\n"
-        "services:\n"
-        "  web:\n"
-        f"    image: {prefix}/web   # CI writes the digest\n"
-        f"    digest: {OLD}\n"
-        "  proxy:\n"
-        "    image: traefik\n"
-        f"    digest: {OLD}\n"
-        "    pinned: true\n"
-    )
-    _git(repo, "add", "desired-state.yml")
-    _git(repo, "commit", "--quiet", "-m", "initial")
-    return repo
-
-
-def _release(repo: Path, registry: str, services: list[tuple[str, Path]],
-             *extra: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, str(SCRIPT), "--registry", registry, "--repo-dir", str(repo),
-            "--gitops-agent", str(AGENT)]
-    for name, ctx in services:
-        argv += ["--service", f"{name}={ctx}"]
-    return subprocess.run([*argv, *extra], capture_output=True, text=True, check=False,
-                          timeout=600)

@@ -126,14 +126,15 @@ def test_stacks_of_one_repo_must_agree_on_signed_commits(tmp_path: Path) -> None
 
 # ------------------------------------------------------------------ one fetch per repo
 class FakeRepo:
-    """A repository's history (revision -> files) and the head; counts fetches; can be
-    down."""
+    """A repository's history (revision -> files) and the head; counts fetches, logs file
+    reads; can be down."""
 
     def __init__(self, path: str = "infra/desired-state.yml") -> None:
         self.path = path
         self.commits: dict[str, dict[str, bytes]] = {}
         self.head = ""
         self.fetches = 0
+        self.reads: list[tuple[str, list[str]]] = []  # (revision, paths) per read_files
         self.down = False
 
     def commit(self) -> str:
@@ -150,6 +151,7 @@ class FakeRepo:
         return Fetched(self.head, self.commits[self.head].get(self.path, b""), self.path)
 
     def read_files(self, revision: str, paths: list[str]) -> dict[str, bytes]:
+        self.reads.append((revision, list(paths)))
         return {k: v for k, v in self.commits[revision].items()
                 if any(k == p or k.startswith(p.rstrip("/") + "/") for p in paths)}
 
@@ -405,22 +407,14 @@ def test_an_idle_round_reads_no_file_of_the_stack_again(tmp_path: Path) -> None:
     rev = repo.commit()
     repo.commits[rev] = files(infra__desired_state_yml=b"i1", infra__compose_yml=b"c1",
                               app__desired_state_yml=b"a1")
-    reads: list[list[str]] = []
-    real = repo.read_files
-
-    def counting(revision: str, paths: list[str]) -> dict[str, bytes]:
-        reads.append(paths)
-        return real(revision, paths)
-
-    repo.read_files = counting  # type: ignore[method-assign]
     shared, infra, app = views(tmp_path, repo)
     shared.new_round()
     infra.fetch(), app.fetch()
-    first = len(reads)
+    first = len(repo.reads)
     for _ in range(3):
         shared.new_round()
         assert (infra.fetch().revision, app.fetch().revision) == (rev, rev)
-    assert len(reads) == first  # GitHub kind: no API request on an idle round
+    assert len(repo.reads) == first  # GitHub kind: no API request on an idle round
 
 
 def test_a_new_head_reads_the_stacks_files_once_for_the_judge_and_the_pass(
@@ -429,14 +423,7 @@ def test_a_new_head_reads_the_stacks_files_once_for_the_judge_and_the_pass(
     rev = repo.commit()
     repo.commits[rev] = files(infra__desired_state_yml=b"i1", infra__compose_yml=b"c1",
                               app__desired_state_yml=b"a1")
-    reads: list[tuple[str, list[str]]] = []
-    real = repo.read_files
-
-    def counting(revision: str, paths: list[str]) -> dict[str, bytes]:
-        reads.append((revision, paths))
-        return real(revision, paths)
-
-    repo.read_files = counting  # type: ignore[method-assign]
+    reads = repo.reads
     shared, infra, _ = views(tmp_path, repo)
     shared.new_round()
     head = infra.fetch()

@@ -4,9 +4,6 @@ rollback and the agent's, all on a fake engine that has no container operation a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +11,11 @@ import pytest
 from fakes import (
     HEALTHY,
     UNHEALTHY,
-    Container,
     FakeBaseEngine,
     FakeEngine,
     FakeSource,
+    FakeStackDeploy,
+    FakeSwarm,
     desired_yaml,
     digest_of,
 )
@@ -29,83 +27,12 @@ from agent.ports import ContainerEngine
 from agent.reconcile import Reconciler
 from agent.state import Change, ImageDigest
 from agent.strategies import ContainerToolkit, StartFirst, StopFirst, Toolkit, container_engine
-from agent.swarm import SwarmPlatform, SwarmService, SwarmTask, swarm_platform
+from agent.swarm import SwarmPlatform, swarm_platform
 
 REG = "registry.test:5000"
 WEB = f"{REG}/shop/web"
 V1, V2, BAD = (digest_of(n) for n in ("v1", "v2", "bad"))
 CONTAINER_OPS = ("stop_and_remove", "start_container", "ensure_connected", "set_alias")
-
-
-@dataclass
-class BaseSwarm(FakeBaseEngine):
-    """A one-node swarm on the base fake: specs, update states, and the running tasks as
-    what ``observe`` reports. Tasks change only by a stack deploy, as on Swarm."""
-
-    specs: dict[str, str] = field(default_factory=dict)  # service -> digest
-    update: dict[str, str | None] = field(default_factory=dict)
-    deploys: list[dict[str, str]] = field(default_factory=list)
-    own_rollback: bool = True  # failure_action: rollback (else pause)
-    _tasks: int = 0
-
-    def swarm_services(self, stack: str, names: Sequence[str]) -> dict[str, SwarmService]:
-        self._check("swarm-services")
-        out = {}
-        for n in names:
-            if n in self.specs:
-                tasks = tuple(SwarmTask(c.digest, "running", "running")
-                              for c in self.containers.values()
-                              if c.service == n and c.status == "running")
-                out[n] = SwarmService(n, self.specs[n], self.update.get(n),
-                                      datetime.now(UTC), "", 1, tasks)
-        return out
-
-    def deploy(self, pins: dict[str, str]) -> None:
-        self.deploys.append(dict(pins))
-        for svc, ref in pins.items():
-            digest = ref.split("@", 1)[1]
-            old = self.specs.get(svc)
-            if old == digest:
-                continue
-            behaviour = self.registry.get(ref)
-            if behaviour == UNHEALTHY and old is not None and self.own_rollback:
-                self.update[svc] = "rollback_completed"  # the spec stays on the old digest
-                continue
-            for cid in [c.id for c in self.containers.values() if c.service == svc]:
-                del self.containers[cid]
-            self._tasks += 1
-            self.containers[f"t{self._tasks}"] = Container(
-                id=f"t{self._tasks}", service=svc, image=ref,
-                health="healthy" if behaviour == HEALTHY else "unhealthy")
-            self.specs[svc] = digest
-            self.update[svc] = "completed" if behaviour == HEALTHY else "paused"
-
-
-@dataclass
-class StackDeploy:
-    """``docker stack deploy`` of the pinned stack (the ComposeProject SwarmStack is)."""
-
-    engine: BaseSwarm
-    model: dict[str, Any] = field(default_factory=lambda: {"web": {}})
-    pins: dict[str, str] = field(default_factory=dict)
-    removed: list[str] = field(default_factory=list)
-
-    def services(self) -> dict[str, Any]:
-        return self.model
-
-    def inactive_services(self) -> dict[str, list[str]]:
-        return {}
-
-    def pin(self, images: Any, labels: Any = None) -> None:
-        self.pins = dict(images)
-
-    def up(self, services: Sequence[str], **_: Any) -> None:
-        self.engine.deploy({s: self.pins[s] for s in self.model if s in self.pins})
-
-    def remove(self, services: Sequence[str]) -> None:
-        self.removed += services
-        for s in services:
-            self.engine.specs.pop(s, None)
 
 
 def _cfg(tmp_path: Path, kind: str = "swarm") -> Any:
@@ -118,8 +45,8 @@ def _cfg(tmp_path: Path, kind: str = "swarm") -> Any:
     })
 
 
-def _engine() -> BaseSwarm:
-    engine = BaseSwarm()
+def _engine() -> FakeSwarm:
+    engine = FakeSwarm()
     for d in (V1, V2):
         engine.publish(WEB, d, HEALTHY)
     engine.publish(WEB, BAD, UNHEALTHY)
@@ -127,10 +54,10 @@ def _engine() -> BaseSwarm:
 
 
 @pytest.fixture
-def swarm(tmp_path: Path) -> tuple[Reconciler, BaseSwarm, FakeSource]:
+def swarm(tmp_path: Path) -> tuple[Reconciler, FakeSwarm, FakeSource]:
     engine, source = _engine(), FakeSource()
     rec = Reconciler(_cfg(tmp_path), source=source, engine=engine,
-                     compose=StackDeploy(engine), sleep=lambda _s: None)
+                     compose=FakeStackDeploy(engine), sleep=lambda _s: None)
     return rec, engine, source
 
 
@@ -188,7 +115,7 @@ def _release(digest: str) -> Release:
 
 def test_swarms_platform_is_built_on_the_plain_toolkit_and_waits_on_running_tasks(tmp_path):
     engine = _engine()
-    stack = StackDeploy(engine)
+    stack = FakeStackDeploy(engine)
     platform = swarm_platform(_cfg(tmp_path), _kit(engine, stack))
     assert isinstance(platform, SwarmPlatform)
     assert type(platform.update.kit) is Toolkit  # not a ContainerToolkit
@@ -209,10 +136,10 @@ def test_swarms_platform_refuses_an_engine_that_reads_no_swarm_services(tmp_path
 def test_composes_platform_refuses_an_engine_without_container_operations(tmp_path):
     engine = _engine()
     with pytest.raises(TypeError, match="no container operations"):
-        compose_platform(_cfg(tmp_path, "compose"), _kit(engine, StackDeploy(engine)))
+        compose_platform(_cfg(tmp_path, "compose"), _kit(engine, FakeStackDeploy(engine)))
     with pytest.raises(TypeError, match="no container operations"):
         ContainerToolkit.of(_kit(engine, None))
-    with pytest.raises(TypeError, match="BaseSwarm has no container operations"):
+    with pytest.raises(TypeError, match="FakeSwarm has no container operations"):
         container_engine(engine)
 
 
